@@ -1,0 +1,115 @@
+"""Build the sandbox image with the docker SDK, offline when no registry answers.
+
+The base is ``BASE_IMAGE`` when given (or already present), else ``python:3.12-slim``
+when a registry serves it, else a Debian bookworm root filesystem made with
+``mmdebstrap`` (python3 + python3-pytest) and imported as ``rsi-base:bookworm``.
+The sandbox image carries a label with the digest of its sources and base, so a
+rebuild with nothing changed returns at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from pathlib import Path
+
+import docker
+import structlog
+
+log = structlog.get_logger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SANDBOX_DOCKERFILE = REPO_ROOT / "sandbox_image" / "Dockerfile"
+RUNNER_DIR = Path(__file__).resolve().parent / "sandbox_runner"
+REGISTRY_BASE = "python:3.12-slim"
+OFFLINE_BASE = "rsi-base:bookworm"
+DIGEST_LABEL = "org.rsi-lab.source-digest"
+MMDEBSTRAP_PACKAGES = "python3,python3-pytest"
+
+
+def _has_image(client, ref: str) -> bool:
+    try:
+        client.images.get(ref)
+        return True
+    except docker.errors.ImageNotFound:
+        return False
+
+
+def build_offline_base(client, tag: str = OFFLINE_BASE) -> str:
+    """Debian bookworm with python3 and pytest, from the Debian mirror, no registry."""
+    if not shutil.which("mmdebstrap"):
+        raise RuntimeError("no registry reachable and mmdebstrap missing: apt-get install -y mmdebstrap")
+    with tempfile.TemporaryDirectory(prefix="rsi-rootfs-") as tmp:
+        rootfs = os.path.join(tmp, "rootfs.tar")
+        log.info("images.base.mmdebstrap", tag=tag)
+        subprocess.run(
+            ["mmdebstrap", "--quiet", "--variant=apt", f"--include={MMDEBSTRAP_PACKAGES}", "bookworm", rootfs],
+            check=True,
+        )
+        repo, _, version = tag.partition(":")
+        client.api.import_image_from_file(rootfs, repository=repo, tag=version or "latest")
+    return tag
+
+
+def resolve_base(client, base_image: str | None = None) -> str:
+    """The base image to build on, building the offline one when nothing else works."""
+    if base_image:
+        if not _has_image(client, base_image):
+            client.images.pull(base_image)
+        return base_image
+    for ref in (OFFLINE_BASE, REGISTRY_BASE):
+        if _has_image(client, ref):
+            return ref
+    try:
+        client.images.pull(REGISTRY_BASE)
+        return REGISTRY_BASE
+    except docker.errors.APIError as exc:
+        log.info("images.base.pull_failed", image=REGISTRY_BASE, error=str(exc)[:200])
+    return build_offline_base(client)
+
+
+def _context_files() -> dict[str, bytes]:
+    files = {"sandbox_image/Dockerfile": SANDBOX_DOCKERFILE.read_bytes()}
+    for path in sorted(RUNNER_DIR.glob("*.py")):
+        files[f"orchestrator/sandbox_runner/{path.name}"] = path.read_bytes()
+    return files
+
+
+def _context_tar(files: dict[str, bytes]) -> io.BytesIO:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o644
+            tar.addfile(info, io.BytesIO(data))
+    buf.seek(0)
+    return buf
+
+
+def build_sandbox_image(client=None, tag: str = "rsi-sandbox:latest", base_image: str | None = None,
+                        force: bool = False) -> str:
+    """Build (or find up to date) the sandbox image; returns its tag."""
+    client = client or docker.from_env()
+    base = resolve_base(client, base_image)
+    files = _context_files()
+    digest = hashlib.sha256()
+    digest.update(client.images.get(base).id.encode())
+    for name, data in files.items():
+        digest.update(name.encode() + b"\0" + data)
+    want = digest.hexdigest()
+    if not force and _has_image(client, tag):
+        if client.images.get(tag).labels.get(DIGEST_LABEL) == want:
+            log.info("images.sandbox.up_to_date", tag=tag)
+            return tag
+    log.info("images.sandbox.build", tag=tag, base=base)
+    client.images.build(
+        fileobj=_context_tar(files), custom_context=True, dockerfile="sandbox_image/Dockerfile",
+        tag=tag, buildargs={"BASE_IMAGE": base}, labels={DIGEST_LABEL: want}, rm=True, forcerm=True,
+    )
+    return tag

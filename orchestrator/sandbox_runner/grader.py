@@ -1,0 +1,233 @@
+"""Turn the evidence of one pytest run into a verdict. Pure, stdlib only.
+
+This module runs in two places: inside the sandbox image (the supervisor grades
+before printing its report, so the image works standalone in a user's CI) and on
+the host (which re-grades the authenticated evidence and adds what only the host
+can see: its own timeout and the container's OOM state).
+
+Everything in ``events`` comes from the pytest process, i.e. from the same process
+as the code under test, so it is untrusted. The grader is default-fail: ``pass``
+only when pytest finished, at least one workspace test ran, every collected test
+ran and passed, and the evidence is consistent with itself, with the process exit
+status, with the per-run canaries and with the statically expected tests.
+"""
+
+from __future__ import annotations
+
+VERDICTS = ("pass", "fail", "error", "timeout", "tampered")
+_OUTCOMES = ("passed", "failed", "skipped")
+_WHENS = ("setup", "call", "teardown")
+MAX_TESTS_LISTED = 2000
+
+
+def _is_str(x) -> bool:
+    return isinstance(x, str) and len(x) <= 4096
+
+
+def _valid_event(ev) -> bool:
+    if not isinstance(ev, dict):
+        return False
+    kind = ev.get("e")
+    if kind == "collected":
+        ids = ev.get("ids")
+        return isinstance(ids, list) and all(_is_str(i) for i in ids)
+    if kind == "collecterror":
+        return _is_str(ev.get("id", "")) and isinstance(ev.get("msg", ""), str)
+    if kind == "report":
+        return (
+            _is_str(ev.get("id"))
+            and ev.get("when") in _WHENS
+            and ev.get("outcome") in _OUTCOMES
+            and isinstance(ev.get("xfail", False), bool)
+            and (ev.get("raised") is None or _is_str(ev.get("raised")))
+            and isinstance(ev.get("msg", ""), str)
+        )
+    if kind == "finish":
+        return isinstance(ev.get("exitstatus"), int) and not isinstance(ev.get("exitstatus"), bool)
+    return False
+
+
+def _matches(nodeid: str, prefix: str) -> bool:
+    return nodeid == prefix or nodeid.startswith(prefix + "[")
+
+
+def _is_canary(nodeid: str, canary_names) -> bool:
+    name = nodeid.rsplit("::", 1)[-1]
+    return name in canary_names
+
+
+def _test_outcome(reps: dict) -> tuple[str, str]:
+    """Outcome of one test from its setup/call/teardown reports: (outcome, message)."""
+    setup, call, teardown = reps.get("setup"), reps.get("call"), reps.get("teardown")
+    for phase in (setup, call, teardown):
+        if phase and phase["outcome"] == "failed":
+            kind = "failed" if phase is call else "error"
+            return kind, phase.get("msg", "")
+    for phase in (setup, call):
+        if phase and phase["outcome"] == "skipped":
+            return ("xfailed" if phase.get("xfail") else "skipped"), phase.get("msg", "")
+    if call is None:
+        return "notrun", ""
+    if call.get("xfail"):
+        return "xpassed", ""
+    return "passed", ""
+
+
+def grade(evidence: dict) -> dict:
+    """Grade one run. ``evidence`` keys: events, stream_errors, exit_code,
+    timed_out, oom_killed, expected (nodeid prefixes found statically),
+    canaries ({"pass": [...], "xfail": [...]}), output, output_bytes, duration_s."""
+    tampered: list[str] = []
+    errors: list[str] = []
+    fails: list[str] = []
+    events = evidence.get("events") or []
+    exit_code = evidence.get("exit_code")
+    canaries = evidence.get("canaries") or {"pass": [], "xfail": []}
+    canary_names = set(canaries.get("pass", [])) | set(canaries.get("xfail", []))
+
+    for msg in evidence.get("stream_errors") or []:
+        tampered.append(f"result stream: {msg}")
+
+    collected = None
+    finish = None
+    collect_errors: list[dict] = []
+    reports: dict[str, dict] = {}
+    for ev in events:
+        if not _valid_event(ev):
+            tampered.append("result stream: malformed event")
+            continue
+        if finish is not None:
+            tampered.append("result stream: event after the session finished")
+            continue
+        kind = ev["e"]
+        if kind == "collected":
+            if collected is not None:
+                tampered.append("result stream: collection reported twice")
+            collected = list(ev["ids"])
+        elif kind == "collecterror":
+            collect_errors.append(ev)
+        elif kind == "report":
+            per_test = reports.setdefault(ev["id"], {})
+            if ev["when"] in per_test:
+                tampered.append(f"result stream: duplicate {ev['when']} report for {ev['id']}")
+            per_test[ev["when"]] = ev
+            if ev["outcome"] == "passed" and ev.get("raised") and not ev.get("xfail"):
+                tampered.append(
+                    f"{ev['id']}: reported passed although its {ev['when']} raised {ev['raised']}"
+                )
+        elif kind == "finish":
+            finish = ev
+
+    # Consistency of the session with the process that ran it.
+    if finish is None:
+        if exit_code == 0:
+            tampered.append("pytest exited with status 0 without finishing its session")
+        elif not evidence.get("timed_out"):
+            errors.append(f"pytest did not finish its session (exit code {exit_code})")
+    elif exit_code is not None and finish["exitstatus"] != exit_code:
+        tampered.append(
+            f"pytest reported exit status {finish['exitstatus']} but its process exited with {exit_code}"
+        )
+
+    if collected is not None:
+        known = set(collected)
+        for nodeid in reports:
+            if nodeid not in known:
+                tampered.append(f"result stream: report for {nodeid}, which was never collected")
+
+    # Canaries: tests with unpredictable names whose outcome is known in advance.
+    if finish is not None and collected is not None:
+        for name in canaries.get("pass", []):
+            ids = [i for i in collected if i.rsplit("::", 1)[-1] == name]
+            if not ids:
+                tampered.append("a canary test was removed from the collection")
+            elif _test_outcome(reports.get(ids[0], {}))[0] != "passed":
+                tampered.append("a canary test that must pass did not pass")
+        for name in canaries.get("xfail", []):
+            ids = [i for i in collected if i.rsplit("::", 1)[-1] == name]
+            if not ids:
+                tampered.append("a canary test was removed from the collection")
+            elif _test_outcome(reports.get(ids[0], {}))[0] != "xfailed":
+                tampered.append("a canary test that must fail was not reported as failing")
+
+    tests = []
+    counts = {"passed": 0, "failed": 0, "errors": 0, "skipped": 0}
+    for ev in collect_errors:
+        counts["errors"] += 1
+        errors.append(f"collection error in {ev.get('id') or 'session'}")
+    workspace_ids = [i for i in (collected or []) if not _is_canary(i, canary_names)]
+    for nodeid in workspace_ids:
+        outcome, msg = _test_outcome(reports.get(nodeid, {}))
+        tests.append({"nodeid": nodeid, "outcome": outcome, "message": msg[-2000:]})
+        if outcome == "passed":
+            counts["passed"] += 1
+        elif outcome == "failed":
+            counts["failed"] += 1
+        elif outcome in ("error", "notrun"):
+            counts["errors"] += 1
+        else:
+            counts["skipped"] += 1
+    not_run = [t["nodeid"] for t in tests if t["outcome"] == "notrun"]
+    if not_run:
+        if finish is not None and finish["exitstatus"] == 0:
+            tampered.append(f"{len(not_run)} collected tests never ran but pytest reported success")
+        else:
+            errors.append(f"{len(not_run)} collected tests never ran")
+    if counts["failed"]:
+        fails.append(f"{counts['failed']} tests failed")
+    if counts["errors"] and not collect_errors and not not_run:
+        errors.append(f"{counts['errors']} tests errored in setup or teardown")
+    if counts["skipped"]:
+        fails.append(f"{counts['skipped']} tests skipped or xfailed (they never count as passes)")
+
+    # Tests visible in the source must have been collected.
+    if finish is not None and collected is not None and not collect_errors:
+        for prefix in evidence.get("expected") or []:
+            if not any(_matches(i, prefix) for i in workspace_ids):
+                fails.append(f"{prefix} is in the test files but was never collected")
+
+    if finish is not None and collected is not None and not workspace_ids and not collect_errors:
+        errors.append("no tests were collected")
+    if collected is None and finish is not None:
+        errors.append(f"pytest stopped before collecting (exit status {finish['exitstatus']})")
+    if finish is not None and finish["exitstatus"] not in (0, 1) and not errors and not tampered:
+        errors.append(f"pytest exit status {finish['exitstatus']}")
+    if evidence.get("oom_killed"):
+        errors.append("the memory limit was hit (OOM kill)")
+
+    if tampered:
+        verdict = "tampered"
+    elif evidence.get("timed_out"):
+        verdict = "timeout"
+    elif errors:
+        verdict = "error"
+    elif fails:
+        verdict = "fail"
+    elif counts["passed"] > 0 and finish is not None and finish["exitstatus"] == 0 and exit_code == 0:
+        verdict = "pass"
+    else:
+        verdict = "error"
+        errors.append("no evidence of a complete, successful run")
+
+    reasons = tampered + (["wall-clock timeout"] if evidence.get("timed_out") else []) + errors + fails
+    return {
+        "verdict": verdict,
+        **counts,
+        "exit_code": exit_code,
+        "timed_out": bool(evidence.get("timed_out")),
+        "oom_killed": bool(evidence.get("oom_killed")),
+        "duration_s": round(float(evidence.get("duration_s") or 0.0), 3),
+        "output": evidence.get("output", ""),
+        "output_bytes": int(evidence.get("output_bytes") or 0),
+        "reasons": _dedupe(reasons),
+        "tests": tests[:MAX_TESTS_LISTED],
+    }
+
+
+def _dedupe(items: list[str]) -> list[str]:
+    seen, out = set(), []
+    for item in items:
+        if item not in seen:
+            seen.add(item)
+            out.append(item)
+    return out[:50]
