@@ -31,7 +31,7 @@ def _valid_event(ev) -> bool:
     if kind == "collected":
         ids = ev.get("ids")
         return isinstance(ids, list) and all(_is_str(i) for i in ids)
-    if kind == "collecterror":
+    if kind in ("collecterror", "collectskip"):
         return _is_str(ev.get("id", "")) and isinstance(ev.get("msg", ""), str)
     if kind == "report":
         return (
@@ -91,6 +91,7 @@ def grade(evidence: dict) -> dict:
     collected = None
     finish = None
     collect_errors: list[dict] = []
+    collect_skips: list[dict] = []
     reports: dict[str, dict] = {}
     for ev in events:
         if not _valid_event(ev):
@@ -106,6 +107,8 @@ def grade(evidence: dict) -> dict:
             collected = list(ev["ids"])
         elif kind == "collecterror":
             collect_errors.append(ev)
+        elif kind == "collectskip":
+            collect_skips.append(ev)
         elif kind == "report":
             per_test = reports.setdefault(ev["id"], {})
             if ev["when"] in per_test:
@@ -135,26 +138,31 @@ def grade(evidence: dict) -> dict:
             if nodeid not in known:
                 tampered.append(f"result stream: report for {nodeid}, which was never collected")
 
-    # Canaries: tests with unpredictable names whose outcome is known in advance.
+    # Canaries: tests with unpredictable names whose outcome is known in advance. A canary
+    # that ran must have its known outcome; when pytest claims success, all must have run.
     if finish is not None and collected is not None:
-        for name in canaries.get("pass", []):
-            ids = [i for i in collected if i.rsplit("::", 1)[-1] == name]
-            if not ids:
-                tampered.append("a canary test was removed from the collection")
-            elif _test_outcome(reports.get(ids[0], {}))[0] != "passed":
-                tampered.append("a canary test that must pass did not pass")
-        for name in canaries.get("xfail", []):
-            ids = [i for i in collected if i.rsplit("::", 1)[-1] == name]
-            if not ids:
-                tampered.append("a canary test was removed from the collection")
-            elif _test_outcome(reports.get(ids[0], {}))[0] != "xfailed":
-                tampered.append("a canary test that must fail was not reported as failing")
+        success_claimed = finish["exitstatus"] == 0
+        for kind, want in (("pass", "passed"), ("xfail", "xfailed")):
+            for name in canaries.get(kind, []):
+                ids = [i for i in collected if i.rsplit("::", 1)[-1] == name]
+                if not ids:
+                    if success_claimed or not collect_errors:
+                        tampered.append("a canary test was removed from the collection")
+                    continue
+                got = _test_outcome(reports.get(ids[0], {}))[0]
+                if got == "notrun" and not success_claimed:
+                    continue
+                if got != want:
+                    tampered.append(f"a canary test that must be {want} was {got}")
 
     tests = []
     counts = {"passed": 0, "failed": 0, "errors": 0, "skipped": 0}
     for ev in collect_errors:
         counts["errors"] += 1
         errors.append(f"collection error in {ev.get('id') or 'session'}")
+    for ev in collect_skips:
+        counts["skipped"] += 1
+        tests.append({"nodeid": ev["id"], "outcome": "skipped", "message": ev.get("msg", "")[-2000:]})
     workspace_ids = [i for i in (collected or []) if not _is_canary(i, canary_names)]
     for nodeid in workspace_ids:
         outcome, msg = _test_outcome(reports.get(nodeid, {}))
@@ -186,7 +194,8 @@ def grade(evidence: dict) -> dict:
             if not any(_matches(i, prefix) for i in workspace_ids):
                 fails.append(f"{prefix} is in the test files but was never collected")
 
-    if finish is not None and collected is not None and not workspace_ids and not collect_errors:
+    if finish is not None and collected is not None and not workspace_ids and not collect_errors \
+            and not collect_skips:
         errors.append("no tests were collected")
     if collected is None and finish is not None:
         errors.append(f"pytest stopped before collecting (exit status {finish['exitstatus']})")

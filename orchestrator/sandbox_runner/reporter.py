@@ -64,6 +64,8 @@ def pytest_collection_finish(session):
 def pytest_collectreport(report):
     if report.failed:
         _emit({"e": "collecterror", "id": report.nodeid, "msg": _text(report)})
+    elif report.skipped:
+        _emit({"e": "collectskip", "id": report.nodeid, "msg": _text(report)})
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)

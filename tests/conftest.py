@@ -1,0 +1,71 @@
+import os
+import secrets
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    """The real Docker engine. Missing engine = failed test, never a skip: CI must run these."""
+    from orchestrator.sandbox import connect
+
+    return connect()
+
+
+@pytest.fixture(scope="session")
+def sandbox_image(docker_client):
+    from orchestrator.images import build_sandbox_image
+
+    return build_sandbox_image(docker_client)
+
+
+@pytest.fixture(scope="session")
+def host_marker(tmp_path_factory):
+    """A host file with known content that no sandbox may read or change."""
+    path = Path(f"/tmp/rsi-host-marker-{secrets.token_hex(6)}")
+    path.write_text("host-only secret\n")
+    yield path
+    path.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="session")
+def host_secret():
+    value = "s3cret-" + secrets.token_hex(8)
+    os.environ["RSI_TEST_HOST_SECRET"] = value
+    yield value
+    os.environ.pop("RSI_TEST_HOST_SECRET", None)
+
+
+def write_tree(root: Path, files: dict, subs: dict | None = None) -> Path:
+    subs = subs or {}
+
+    def fill(text: str) -> str:
+        for key, value in subs.items():
+            text = text.replace("{" + key + "}", value)
+        return text
+
+    root.mkdir(parents=True, exist_ok=True)
+    for name, content in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, tuple) and content[0] == "symlink":
+            os.symlink(fill(content[1]), path)
+        else:
+            path.write_text(fill(content))
+    return root
+
+
+def tree_digest(root: Path) -> dict:
+    """Path -> (kind, content or link target) for everything under root, links not followed."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            if p.is_symlink():
+                out[str(p.relative_to(root))] = ("link", os.readlink(p))
+            elif p.is_file():
+                out[str(p.relative_to(root))] = ("file", p.read_bytes())
+            else:
+                out[str(p.relative_to(root))] = ("dir", None)
+    return out
