@@ -1,0 +1,145 @@
+"""Sandbox behaviour around the run: CLI contract, standalone image, cleanup, parallelism."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import docker
+import pytest
+
+from orchestrator.sandbox import LABEL, LABEL_HOST, LABEL_PID, parse_report, run_tests, sweep_leftovers
+from orchestrator.sandbox_runner.supervisor import expected_tests, frame
+from tests.conftest import write_tree
+from tests.hostile_cases import BUGGY, CASES, ws
+
+RSI = [sys.executable, "-m", "orchestrator.cli"]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def rsi(*args, env=None):
+    return subprocess.run(RSI + list(args), capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, **(env or {})}, timeout=120)
+
+
+def test_parse_report_accepts_only_authenticated_frames():
+    key = os.urandom(32)
+    good = frame({"evidence": {"x": 1}}, key).encode()
+    payload, problems = parse_report(b"noise\n" + good, key)
+    assert payload == {"evidence": {"x": 1}} and problems == []
+    forged = frame({"evidence": {"x": 2}}, os.urandom(32)).encode()
+    payload, problems = parse_report(forged, key)
+    assert payload is None and problems == ["a report frame failed authentication"]
+    payload, problems = parse_report(good + good, key)
+    assert "more than one report frame" in problems
+
+
+def test_static_scan_finds_functions_methods_and_skips_disabled(tmp_path):
+    write_tree(tmp_path, {
+        "test_a.py": "def test_x():\n    pass\nclass TestC:\n    def test_m(self):\n        pass\n"
+                     "class TestInit:\n    def __init__(self):\n        pass\n    def test_no(self):\n        pass\n",
+        "pkg/b_test.py": "async def test_async():\n    pass\n",
+        "test_off.py": "__test__ = False\ndef test_hidden():\n    pass\n",
+        "test_broken.py": "def test_(:\n",
+        ".hidden/test_h.py": "def test_h():\n    pass\n",
+        "helper.py": "def test_not_a_test_file():\n    pass\n",
+    })
+    assert sorted(expected_tests(str(tmp_path))) == ["pkg/b_test.py::test_async", "test_a.py::TestC::test_m",
+                                                     "test_a.py::test_x"]
+
+
+@pytest.mark.docker
+def test_cli_json_contract_and_exit_codes(tmp_path, sandbox_image):
+    good = write_tree(tmp_path / "good", ws())
+    bad = write_tree(tmp_path / "bad", ws(example=BUGGY))
+    out = rsi("sandbox", "run", str(good), "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    for key in ("verdict", "passed", "failed", "errors", "skipped", "exit_code", "timed_out", "oom_killed",
+                "duration_s", "output"):
+        assert key in data
+    assert data["verdict"] == "pass" and data["passed"] == 1
+    out = rsi("sandbox", "run", str(bad), "--json", "--timeout", "20")
+    assert out.returncode == 1 and json.loads(out.stdout)["verdict"] == "fail"
+
+
+def test_cli_exit_2_without_daemon(tmp_path):
+    good = write_tree(tmp_path / "good", ws())
+    out = rsi("sandbox", "run", str(good), env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"})
+    assert out.returncode == 2
+    assert "Docker daemon" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.docker
+def test_cli_exit_2_when_image_missing(tmp_path, sandbox_image, tmp_path_factory):
+    good = write_tree(tmp_path / "good", ws())
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "sandbox.toml").write_text('[sandbox]\nimage = "rsi-sandbox:does-not-exist"\n')
+    out = rsi("sandbox", "run", str(good), env={"RSI_POLICIES": str(policies)})
+    assert out.returncode == 2 and "make images" in out.stderr
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("case,code", [("control_pass", 0), ("control_fail", 1), ("hack_os_exit_at_import", 1)])
+def test_image_runs_standalone(case, code, tmp_path, docker_client, sandbox_image):
+    """The documented CI usage: docker run --rm -v "$PWD:/workspace:ro" IMAGE."""
+    workspace = write_tree(tmp_path / "ws", CASES[case][0])
+    os.chmod(tmp_path, 0o755)
+    container = docker_client.containers.run(
+        sandbox_image, detach=True, volumes={str(workspace): {"bind": "/workspace", "mode": "ro"}},
+        network_mode="none", labels={LABEL: "1", LABEL_PID: str(os.getpid())})
+    try:
+        status = container.wait(timeout=60)["StatusCode"]
+        report = json.loads(container.logs(stdout=True, stderr=False).decode().strip().splitlines()[-1])
+    finally:
+        container.remove(force=True)
+    assert status == code
+    assert report["verdict"] == CASES[case][1]
+
+
+@pytest.mark.docker
+def test_sweep_removes_containers_of_dead_runs(docker_client, sandbox_image):
+    import socket
+
+    dead = docker_client.containers.create(
+        sandbox_image, labels={LABEL: "1", LABEL_PID: "999999999", LABEL_HOST: socket.gethostname()})
+    alive = docker_client.containers.create(
+        sandbox_image, labels={LABEL: "1", LABEL_PID: str(os.getpid()), LABEL_HOST: socket.gethostname()})
+    try:
+        assert sweep_leftovers(docker_client) >= 1
+        with pytest.raises(docker.errors.NotFound):
+            docker_client.containers.get(dead.id)
+        docker_client.containers.get(alive.id)  # a live run's container is left alone
+    finally:
+        alive.remove(force=True)
+
+
+@pytest.mark.docker
+def test_ctrl_c_removes_the_container(tmp_path, sandbox_image, docker_client):
+    workspace = write_tree(tmp_path / "ws", CASES["cage_sleep"][0])
+    proc = subprocess.Popen(RSI + ["sandbox", "run", str(workspace), "--timeout", "60"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    label = f"{LABEL_PID}={proc.pid}"
+    deadline = time.time() + 30
+    while time.time() < deadline and not docker_client.containers.list(filters={"label": label}):
+        time.sleep(0.1)
+    assert docker_client.containers.list(filters={"label": label}), "the sandbox never started"
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=30)
+    assert proc.returncode != 0
+    assert docker_client.containers.list(all=True, filters={"label": label}) == []
+
+
+@pytest.mark.docker
+def test_parallel_runs_are_independent(tmp_path, sandbox_image, docker_client):
+    names = ["control_pass", "control_fail", "hack_os_exit_at_import", "control_pass"]
+    spaces = [write_tree(tmp_path / f"ws{i}", CASES[n][0]) for i, n in enumerate(names)]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda w: run_tests(w, client=docker_client), spaces))
+    assert [r.verdict for r in results] == [CASES[n][1] for n in names]
