@@ -31,6 +31,7 @@ import requests
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
+from .policy import POLICIES_DIR
 from .sandbox_runner.grader import grade
 from .sandbox_runner.supervisor import FRAME_TAG
 
@@ -39,7 +40,6 @@ log = structlog.get_logger(__name__)
 LABEL = "org.rsi-lab.sandbox"
 LABEL_PID = "org.rsi-lab.pid"
 LABEL_HOST = "org.rsi-lab.host"
-POLICIES_DIR = Path(os.environ.get("RSI_POLICIES", Path(__file__).resolve().parent.parent / "policies"))
 SKIP_NAMES = {".git", "__pycache__", ".pytest_cache", ".venv", ".mypy_cache"}
 
 
