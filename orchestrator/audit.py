@@ -97,39 +97,78 @@ class VerifyResult:
         self.ok, self.lines, self.last_hash, self.bad_line, self.message = ok, lines, last_hash, bad_line, message
 
 
+def _read_head(path: Path) -> dict | None:
+    head_path = path.with_name(path.name + ".head")
+    if not head_path.exists():
+        return None
+    try:
+        head = json.loads(head_path.read_text())
+    except ValueError:
+        return {}
+    return head if isinstance(head, dict) else {}
+
+
 def verify(path: Path | str) -> VerifyResult:
-    """Check the chain and the head; ``bad_line`` is 1-based."""
+    """Check the chain and the head; ``bad_line`` (1-based) is the first line that is not
+    vouched for: wrong seq or prev, not canonical JSON, or its hash is not the next line's
+    ``prev`` (the head's ``last`` for the final line)."""
     path = Path(path)
-    prev, n = GENESIS, 0
+    lines: list[str] = []
+    problems: dict[int, str] = {}
+    seq_ahead: set[int] = set()
     with open(path, "rb") as fh:
         for n, raw in enumerate(fh, start=1):
             if not raw.endswith(b"\n"):
-                return VerifyResult(False, n - 1, prev, n, f"line {n}: incomplete line")
-            line = raw[:-1].decode("utf-8", "replace")
+                problems.setdefault(n, "incomplete line")
+            line = raw.rstrip(b"\n").decode("utf-8", "replace")
+            lines.append(line)
             try:
                 obj = json.loads(line)
             except ValueError:
-                return VerifyResult(False, n - 1, prev, n, f"line {n}: not JSON")
-            if not isinstance(obj, dict) or obj.get("prev") != prev or obj.get("seq") != n - 1:
-                return VerifyResult(False, n - 1, prev, n, f"line {n}: chain broken (edited, inserted, "
-                                                           "deleted or reordered at or before this line)")
-            if canonical(obj) != line:
-                return VerifyResult(False, n - 1, prev, n, f"line {n}: not in canonical form")
-            prev = _sha(line)
-    head_path = path.with_name(path.name + ".head")
-    if head_path.exists():
+                problems.setdefault(n, "not JSON")
+                continue
+            if not isinstance(obj, dict) or obj.get("seq") != n - 1:
+                problems.setdefault(n, "out of sequence (a line was inserted, deleted or moved here)")
+                seq = obj.get("seq") if isinstance(obj, dict) else None
+                if isinstance(seq, int) and seq > n - 1:
+                    seq_ahead.add(n)  # lines are missing before this one
+            elif canonical(obj) != line:
+                problems.setdefault(n, "not in canonical form (edited)")
+    n = len(lines)
+    hashes = [_sha(line) for line in lines]
+    prevs = []
+    for line in lines:
         try:
-            head = json.loads(head_path.read_text())
+            obj = json.loads(line)
+            prevs.append(obj.get("prev") if isinstance(obj, dict) else None)
         except ValueError:
-            return VerifyResult(False, n, prev, n, "head file is not JSON")
-        if head.get("lines") != n or head.get("last") != prev:
-            bad = min(n + 1, head.get("lines", n) if isinstance(head.get("lines"), int) else n)
-            return VerifyResult(False, n, prev, bad or 1,
-                                f"line {bad or 1}: log does not end where the head says "
-                                f"({head.get('lines')} lines); lines were removed or edited at the end")
-    elif n:
-        return VerifyResult(False, n, prev, n, "head file is missing")
-    return VerifyResult(True, n, prev)
+            prevs.append(None)
+    head = _read_head(path)
+    if n and head is None:
+        problems.setdefault(n, "head file is missing")
+    elif head is not None and n and head.get("lines") != n:
+        if isinstance(head.get("lines"), int) and head["lines"] > n:
+            problems.setdefault(n + 1, f"log ends early: the head says {head['lines']} lines")
+        else:
+            problems.setdefault(n, f"log is longer than the head says ({head.get('lines')} lines)")
+    if n and prevs[0] != GENESIS:
+        problems.setdefault(1, "first line does not start the chain")
+    head_short = head is not None and isinstance(head.get("lines"), int) and head["lines"] > n
+    for i in range(n):  # line i+1 is vouched for by the next line's prev, or by the head
+        if i + 1 == n and head_short:
+            break  # the line that would vouch for it is missing; reported above
+        voucher = prevs[i + 1] if i + 1 < n else (head or {}).get("last")
+        if voucher != hashes[i]:
+            next_ok = i + 1 < n and (prevs[i + 2] if i + 2 < n else (head or {}).get("last")) == hashes[i + 1]
+            if i + 2 in seq_ahead:
+                blamed = i + 2  # lines were removed just before it: the gap explains the broken link
+            else:
+                blamed = i + 1 if (i + 1 == n or next_ok) else i + 2
+            problems.setdefault(blamed, "edited (its hash does not match the chain)")
+    if problems:
+        bad = min(problems)
+        return VerifyResult(False, n, hashes[-1] if hashes else GENESIS, bad, f"line {bad}: {problems[bad]}")
+    return VerifyResult(True, n, hashes[-1] if hashes else GENESIS)
 
 
 def read_events(path: Path | str) -> list[dict]:
