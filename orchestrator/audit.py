@@ -17,6 +17,8 @@ from pathlib import Path
 
 import structlog
 
+from .archive import append_line, cut_torn_tail
+
 GENESIS = "0" * 64
 
 
@@ -28,21 +30,19 @@ def _sha(line: str) -> str:
     return hashlib.sha256(line.encode("utf-8")).hexdigest()
 
 
-class _FsyncFile:
-    """structlog logger that appends whole lines and fsyncs each one."""
+class _LineFile:
+    """structlog logger that appends each whole line in one write and fsyncs it."""
 
     def __init__(self, path: Path):
-        self.fh = open(path, "a", encoding="utf-8")
+        self.path = path
 
     def msg(self, message: str) -> None:
-        self.fh.write(message + "\n")
-        self.fh.flush()
-        os.fsync(self.fh.fileno())
+        append_line(self.path, message)
 
     info = msg
 
     def close(self) -> None:
-        self.fh.close()
+        pass
 
 
 class AuditLog:
@@ -50,8 +50,9 @@ class AuditLog:
         self.path = Path(path)
         self.head_path = self.path.with_name(self.path.name + ".head")
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.recovered = cut_torn_tail(self.path)  # a line torn by a crash was never written
         self.seq, self.prev = self._resume()
-        self._file = _FsyncFile(self.path)
+        self._file = _LineFile(self.path)
         self._log = structlog.wrap_logger(
             self._file, processors=[self._stamp, self._chain, self._render], context_class=dict,
             wrapper_class=structlog.BoundLogger)  # never level-filtered
@@ -144,22 +145,30 @@ def verify(path: Path | str) -> VerifyResult:
         except ValueError:
             prevs.append(None)
     head = _read_head(path)
+    head_lines = head.get("lines") if isinstance(head, dict) and isinstance(head.get("lines"), int) else None
     if n and head is None:
         problems.setdefault(n, "head file is missing")
-    elif head is not None and n and head.get("lines") != n:
-        if isinstance(head.get("lines"), int) and head["lines"] > n:
-            problems.setdefault(n + 1, f"log ends early: the head says {head['lines']} lines")
-        else:
-            problems.setdefault(n, f"log is longer than the head says ({head.get('lines')} lines)")
+    elif head is not None and head_lines is None and n:
+        problems.setdefault(1, "head file is unreadable")
+    elif head_lines is not None and head_lines > n:
+        problems.setdefault(n + 1, f"log ends early: the head says {head_lines} lines")
+    elif head_lines is not None and n - head_lines > 1:
+        problems.setdefault(head_lines + 1, f"log is longer than the head says ({head_lines} lines)")
     if n and prevs[0] != GENESIS:
         problems.setdefault(1, "first line does not start the chain")
-    head_short = head is not None and isinstance(head.get("lines"), int) and head["lines"] > n
+    last = (head or {}).get("last")
     for i in range(n):  # line i+1 is vouched for by the next line's prev, or by the head
-        if i + 1 == n and head_short:
-            break  # the line that would vouch for it is missing; reported above
-        voucher = prevs[i + 1] if i + 1 < n else (head or {}).get("last")
+        if head_lines is not None and 0 < head_lines < n and i == head_lines - 1 and last != hashes[i]:
+            problems.setdefault(i + 1, "edited (its hash is not the one the head recorded)")
+        if i + 1 < n:
+            voucher = prevs[i + 1]
+        elif head_lines == n:
+            voucher = last
+        else:
+            break  # head one line behind (crash between append and head update), or reported above
         if voucher != hashes[i]:
-            next_ok = i + 1 < n and (prevs[i + 2] if i + 2 < n else (head or {}).get("last")) == hashes[i + 1]
+            later = prevs[i + 2] if i + 2 < n else (last if head_lines == n else hashes[i + 1])
+            next_ok = i + 1 < n and later == hashes[i + 1]
             if i + 2 in seq_ahead:
                 blamed = i + 2  # lines were removed just before it: the gap explains the broken link
             else:

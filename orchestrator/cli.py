@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -176,6 +177,81 @@ def audit_show(run_dir: Path, iteration: int | None) -> None:
     from .audit_view import render
 
     render(_audit_file(run_dir), iteration)
+
+
+@main.command("run")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--workspace", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A directory with tests (copied, never modified).")
+@click.option("--task", "task_id", help="seed (default) or a HumanEval id (e.g. HumanEval/2 or 2).")
+@click.option("--backend", type=click.Choice(["local", "openai", "replay"]), default=None)
+@click.option("--replies", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="JSONL of recorded replies (replay backend).")
+@click.option("--max-iterations", type=int, default=None)
+@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Continue the run in this directory after a crash or stop.")
+def run_cmd(config_file, workspace, task_id, backend, replies, max_iterations, run_dir, resume_dir) -> None:
+    """Run the self-improvement loop (default: the seed task on the embedded model)."""
+    from .backends import BackendError, make_backend
+    from .config import RunConfig
+    from .loop import Loop, RunError
+    from .sandbox import InfraError
+    from .tasks import humaneval_split, humaneval_task, seed_task, user_task
+    from .workspace import ProtectedFileChanged
+
+    try:
+        if resume_dir:
+            saved = json.loads((resume_dir / "run.json").read_text())
+            config = RunConfig(**saved["config"])
+            if max_iterations:
+                config.run.max_iterations = max_iterations
+            chosen = backend or saved["backend"]
+            loop = Loop(resume_dir, config, make_backend(chosen, config, replies))
+        else:
+            config = RunConfig.load(config_file, backend=backend, max_iterations=max_iterations)
+            run_dir = run_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+            if workspace and task_id:
+                raise click.UsageError("give --workspace or --task, not both")
+            if workspace:
+                task = user_task(workspace)
+            elif task_id and task_id != "seed":
+                tid = task_id if "/" in task_id else f"HumanEval/{task_id}"
+                if humaneval_split(tid) != "train":
+                    raise click.UsageError(f"{tid} is in the held-out split; the loop only uses train tasks")
+                task = humaneval_task(tid, run_dir.parent / (run_dir.name + ".task"))
+            else:
+                task = seed_task()
+            loop = Loop(run_dir, config, make_backend(config.run.backend, config, replies), task=task)
+        state = loop.run()
+    except (BackendError, InfraError, RunError, ProtectedFileChanged) as exc:
+        _fail_infra(str(exc))
+    sys.exit(0 if state.stop_reason else 1)
+
+
+@main.command("status")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True)
+def status_cmd(run_dir: Path, as_json: bool) -> None:
+    """Summarise a run: progress, rewards, samples, stop reason."""
+    from .audit import verify
+    from .state import AgentState, state_path
+
+    if not state_path(run_dir).exists():
+        _fail_infra(f"{run_dir} has no state.json")
+    s = AgentState.load(state_path(run_dir))
+    audit_ok = verify(run_dir / "audit.jsonl").ok if (run_dir / "audit.jsonl").exists() else False
+    if as_json:
+        click.echo(json.dumps(s.model_dump() | {"audit_intact": audit_ok}))
+        return
+    click.echo(f"run {s.run_id}  task {s.task_id}  backend {s.backend} ({s.model_id})")
+    click.echo(f"iteration {s.iteration}, next step {s.step}; best reward {s.best_reward}/{s.max_reward}; "
+               f"plateau {s.plateau}; samples {s.samples}; audit {'intact' if audit_ok else 'TAMPERED'}")
+    click.echo(f"stop reason: {s.stop_reason or '(running or interrupted; resume with rsi run --resume)'}")
+    for rec in s.history:
+        t = " ".join(f"{k}={v:.1f}s" for k, v in rec.timings.items())
+        click.echo(f"  #{rec.iteration}: reward {rec.reward} ({rec.verdict}) "
+                   f"{'improved' if rec.improved else 'no gain'}; tests kept {rec.tests_accepted}; {t}")
 
 
 if __name__ == "__main__":

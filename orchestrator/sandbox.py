@@ -128,8 +128,11 @@ def sweep_leftovers(client) -> int:
     return removed
 
 
-def stage_workspace(src: Path, dst: Path, max_bytes: int) -> None:
-    """Copy regular files and directories; copy symlinks as links (never followed)."""
+def stage_workspace(src: Path, dst: Path, max_bytes: int, overlay: dict[str, str] | None = None,
+                    exclude: set[str] | None = None) -> None:
+    """Copy regular files and directories; copy symlinks as links (never followed).
+    ``exclude``: relative paths left out; ``overlay``: relative path -> text written on top."""
+    exclude = exclude or set()
     total = 0
     for dirpath, dirnames, filenames in os.walk(src, followlinks=False):
         rel = Path(dirpath).relative_to(src)
@@ -140,6 +143,8 @@ def stage_workspace(src: Path, dst: Path, max_bytes: int) -> None:
         for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
             source = os.path.join(dirpath, name)
             target = target_dir / name
+            if str(rel / name).removeprefix("./") in exclude:
+                continue
             st = os.lstat(source)
             if stat.S_ISLNK(st.st_mode):
                 os.symlink(os.readlink(source), target)
@@ -150,6 +155,17 @@ def stage_workspace(src: Path, dst: Path, max_bytes: int) -> None:
                 shutil.copyfile(source, target, follow_symlinks=False)
                 os.chmod(target, 0o755 if st.st_mode & 0o111 else 0o644)
         dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(dirpath, d))]
+    for rel_path, text in (overlay or {}).items():
+        parts = Path(rel_path).parts
+        if Path(rel_path).is_absolute() or ".." in parts or any(
+                os.path.islink(dst.joinpath(*parts[:i])) for i in range(1, len(parts) + 1)):
+            raise InfraError(f"overlay path {rel_path} would leave the staging directory")
+        target = dst / rel_path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        for parent in target.relative_to(dst).parents:
+            os.chmod(dst / parent, 0o755)
+        target.write_text(text)
+        os.chmod(target, 0o644)
 
 
 def parse_report(raw: bytes, key: bytes) -> tuple[dict | None, list[str]]:
@@ -231,7 +247,7 @@ _swept = False
 
 
 def run_tests(workspace: Path | str, limits: SandboxLimits | None = None, timeout_s: float | None = None,
-              client=None) -> SandboxResult:
+              client=None, overlay: dict[str, str] | None = None, exclude: set[str] | None = None) -> SandboxResult:
     """Run the workspace's tests once in a fresh container and grade them."""
     global _swept
     limits = limits or SandboxLimits.load()
@@ -257,7 +273,7 @@ def run_tests(workspace: Path | str, limits: SandboxLimits | None = None, timeou
     stage = tempfile.mkdtemp(prefix="rsi-stage-")
     try:
         os.chmod(stage, 0o755)
-        stage_workspace(workspace.resolve(), Path(stage), limits.max_workspace_bytes)
+        stage_workspace(workspace.resolve(), Path(stage), limits.max_workspace_bytes, overlay, exclude)
         container = _create(client, limits, stage, nonce, timeout_s)
         stream = container.attach(stdout=True, stderr=False, stream=True, logs=False)
         reader = _StdoutReader(stream, limits.max_report_bytes)

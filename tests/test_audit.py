@@ -85,3 +85,23 @@ def test_cli_verify_exit_codes_and_show(log_path):
     log_path.write_text("".join(ls))
     bad = subprocess.run(run + ["verify", str(log_path.parent)], capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 1 and "line 4" in bad.stdout
+
+
+def test_crash_between_append_and_head_update_still_verifies(log_path):
+    head = log_path.with_name("audit.jsonl.head")
+    saved = head.read_text()
+    log = AuditLog(log_path)
+    log.append("model_reply", iteration=7)
+    head.write_text(saved)  # the head update never happened
+    assert verify(log_path).ok
+    log2 = AuditLog(log_path)
+    log2.append("model_reply", iteration=8)
+    assert verify(log_path).ok and verify(log_path).lines == 8
+
+
+def test_torn_last_line_is_cut_on_reopen(log_path):
+    with open(log_path, "a") as fh:
+        fh.write('{"event":"model_reply","seq":6')
+    assert not verify(log_path).ok
+    log = AuditLog(log_path)
+    assert log.recovered and verify(log_path).ok and verify(log_path).lines == 6

@@ -1,0 +1,202 @@
+"""Model backends behind one small interface: ``generate(messages, phase, task) -> str``.
+
+- ``replay``: replies read from a JSONL file (``{"phase", "reply", "task"?}`` per line);
+  each request takes the next unused line of its phase (and task, when the line names
+  one). When none is left, ``ReplayExhausted`` stops the run cleanly.
+- ``openai``: any OpenAI-compatible server (vLLM, llama.cpp server, Ollama), with the
+  phase's JSON schema as ``response_format``.
+- ``local``: in-process transformers (+ PEFT adapters, swapped without a restart), with
+  JSON-schema-constrained decoding by xgrammar. Default model: the embedded SmolLM2.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import requests
+
+from .schema import json_schema
+
+RATIONALE_MAX_CHARS = 240  # decoding-time cap: small models otherwise spend the budget here
+
+
+class ReplayExhausted(Exception):
+    """No recorded reply is left for this phase/task."""
+
+
+class BackendError(RuntimeError):
+    """The model could not be reached or loaded."""
+
+
+def decoding_schema(phase: str) -> dict:
+    """The reply schema with a short rationale, for constrained decoding."""
+    schema = copy.deepcopy(json_schema(phase))
+    schema["properties"]["rationale"]["maxLength"] = RATIONALE_MAX_CHARS
+    return schema
+
+
+class Backend:
+    name = "base"
+    model_id = "unknown"
+    adapter_id: str | None = None
+
+    def generate(self, messages: list[dict], phase: str, task: str | None = None) -> str:
+        raise NotImplementedError
+
+    def snapshot(self) -> dict:
+        """Serializable position (for resume)."""
+        return {}
+
+    def restore(self, snapshot: dict) -> None:
+        pass
+
+    def load_adapter(self, path: Path | None, adapter_id: str | None) -> None:
+        raise BackendError(f"the {self.name} backend cannot load adapters")
+
+
+class ReplayBackend(Backend):
+    name = "replay"
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self.model_id = f"replay:{self.path.name}"
+        self.lines: list[dict] = []
+        with open(self.path, encoding="utf-8") as fh:
+            for n, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                obj = json.loads(line)
+                if obj.get("phase") not in ("patch", "tests") or not isinstance(obj.get("reply"), str):
+                    raise ValueError(f"{self.path}:{n}: each line needs phase patch|tests and a string reply")
+                self.lines.append(obj)
+        self.used: set[int] = set()
+
+    def generate(self, messages, phase, task=None):
+        for i, obj in enumerate(self.lines):
+            if i in self.used or obj["phase"] != phase:
+                continue
+            if obj.get("task") is not None and task is not None and obj["task"] != task:
+                continue
+            self.used.add(i)
+            return obj["reply"]
+        raise ReplayExhausted(f"no {phase} reply left" + (f" for task {task}" if task else ""))
+
+    def snapshot(self):
+        return {"used": sorted(self.used)}
+
+    def restore(self, snapshot):
+        self.used = set(snapshot.get("used", []))
+
+
+class OpenAIBackend(Backend):
+    name = "openai"
+
+    def __init__(self, base_url: str, model: str, api_key: str | None = None, max_tokens: int = 1024,
+                 temperature: float = 0.0, timeout_s: float = 300):
+        self.base_url = base_url.rstrip("/")
+        self.model_id = model
+        self.api_key = api_key
+        self.max_tokens, self.temperature, self.timeout_s = max_tokens, temperature, timeout_s
+
+    def generate(self, messages, phase, task=None):
+        body = {
+            "model": self.model_id, "messages": messages, "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "response_format": {"type": "json_schema",
+                                "json_schema": {"name": f"{phase}_reply", "schema": decoding_schema(phase),
+                                                "strict": True}},
+        }
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        try:
+            resp = requests.post(f"{self.base_url}/chat/completions", json=body, headers=headers,
+                                 timeout=self.timeout_s)
+        except requests.RequestException as exc:
+            raise BackendError(f"cannot reach {self.base_url}: {exc}") from exc
+        if resp.status_code != 200:
+            raise BackendError(f"{self.base_url} answered {resp.status_code}: {resp.text[:300]}")
+        try:
+            return resp.json()["choices"][0]["message"]["content"] or ""
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise BackendError(f"unexpected answer from {self.base_url}: {resp.text[:300]}") from exc
+
+
+class LocalBackend(Backend):
+    """transformers + PEFT in process; greedy decoding constrained by xgrammar."""
+
+    name = "local"
+
+    def __init__(self, model_dir: Path | str, model_id: str, max_new_tokens: int = 768, threads: int | None = None):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.model_dir = Path(model_dir)
+        self.model_id = model_id
+        self.max_new_tokens = max_new_tokens
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+        self.base = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32)
+        self.base.eval()
+        self.model = self.base
+        self._grammars: dict[str, object] = {}
+        self.last_tokens = 0
+
+    def _grammar(self, phase: str):
+        import xgrammar as xgr
+
+        if phase not in self._grammars:
+            info = xgr.TokenizerInfo.from_huggingface(self.tokenizer, vocab_size=self.base.config.vocab_size)
+            self._grammars[phase] = xgr.GrammarCompiler(info).compile_json_schema(
+                json.dumps(decoding_schema(phase)))
+        return self._grammars[phase]
+
+    def generate(self, messages, phase, task=None):
+        import torch
+        import xgrammar as xgr
+
+        inputs = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                                    return_dict=True)
+        processor = xgr.contrib.hf.LogitsProcessor(self._grammar(phase))
+        with torch.inference_mode():
+            out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
+                                      logits_processor=[processor], pad_token_id=self.tokenizer.eos_token_id)
+        new = out[0, inputs["input_ids"].shape[1]:]
+        self.last_tokens = int(new.shape[0])
+        return self.tokenizer.decode(new, skip_special_tokens=True)
+
+    def load_adapter(self, path, adapter_id):
+        """Switch to a PEFT adapter (or back to the base with ``path=None``) without a restart."""
+        from peft import PeftModel
+
+        if path is None:
+            self.model, self.adapter_id = self.base, None
+            return
+        if isinstance(self.model, PeftModel):
+            self.model = self.model.unload() if hasattr(self.model, "unload") else self.base
+        self.model = PeftModel.from_pretrained(self.base, str(path), adapter_name="current")
+        self.model.eval()
+        self.adapter_id = adapter_id
+
+
+def make_backend(name: str, config, replies: Path | None = None) -> Backend:
+    """Build the backend a run asked for (``config`` is a RunConfig)."""
+    import os
+
+    if name == "replay":
+        if replies is None:
+            raise BackendError("the replay backend needs --replies FILE")
+        return ReplayBackend(replies)
+    if name == "openai":
+        m = config.model
+        return OpenAIBackend(m.openai_base_url, m.openai_model, os.environ.get(m.openai_api_key_env))
+    if name == "local":
+        from .embedded_model import MODEL_ID, ensure_converted
+
+        try:
+            path = ensure_converted()
+        except (FileNotFoundError, ImportError) as exc:
+            raise BackendError(f"embedded model unavailable: {exc}") from exc
+        return LocalBackend(path, MODEL_ID, max_new_tokens=config.model.max_new_tokens)
+    raise BackendError(f"unknown backend {name!r} (local, openai, replay)")

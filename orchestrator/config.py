@@ -1,0 +1,48 @@
+"""Run configuration: policies/run.toml, then a user's --config file, then CLI flags."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .policy import POLICIES_DIR
+
+
+class RunSection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    backend: str = "local"
+    max_iterations: int = Field(6, ge=1)
+    plateau_patience: int = Field(3, ge=0)
+    improvement_margin: int = Field(0, ge=0)
+    stop_when_solved: bool = True
+    max_retries: int = Field(3, ge=0)
+    max_mutants: int = Field(12, ge=1)
+    train_every: int = Field(0, ge=0)
+    sandbox_timeout_s: float = Field(60, gt=0)
+
+
+class ModelSection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max_new_tokens: int = Field(768, ge=16)
+    openai_base_url: str = "http://127.0.0.1:8080/v1"
+    openai_model: str = "default"
+    openai_api_key_env: str = "OPENAI_API_KEY"
+
+
+class RunConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    run: RunSection = RunSection()
+    model: ModelSection = ModelSection()
+
+    @classmethod
+    def load(cls, path: Path | None = None, **overrides) -> "RunConfig":
+        data = tomllib.loads((POLICIES_DIR / "run.toml").read_text())
+        if path:
+            for section, values in tomllib.loads(Path(path).read_text()).items():
+                data.setdefault(section, {}).update(values)
+        for key, value in overrides.items():
+            if value is not None:
+                data.setdefault("run", {})[key] = value
+        return cls(**data)
