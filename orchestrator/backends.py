@@ -19,7 +19,13 @@ import requests
 
 from .schema import json_schema
 
-RATIONALE_MAX_CHARS = 240  # decoding-time cap: small models otherwise spend the budget here
+# Decoding-time constraints (stricter than validation, which the policy does): small models
+# otherwise spend the token budget on a rambling rationale or repeat list items forever.
+RATIONALE_MAX_CHARS = 240
+CONTENT_MAX_CHARS = 4000
+DECODING_MAX_FILES = 2
+PATH_PATTERNS = {"patch": r"^([A-Za-z0-9_]+/){0,3}[A-Za-z0-9_]+\.py$",
+                 "tests": r"^([A-Za-z0-9_]+/){0,3}test_gen_[A-Za-z0-9_]+\.py$"}
 
 
 class ReplayExhausted(Exception):
@@ -31,9 +37,16 @@ class BackendError(RuntimeError):
 
 
 def decoding_schema(phase: str) -> dict:
-    """The reply schema with a short rationale, for constrained decoding."""
+    """The reply schema tightened for constrained decoding: short rationale, few files,
+    paths of the phase's allowed shape, bounded content."""
     schema = copy.deepcopy(json_schema(phase))
     schema["properties"]["rationale"]["maxLength"] = RATIONALE_MAX_CHARS
+    files = schema["properties"]["edits" if phase == "patch" else "tests"]
+    files["maxItems"] = DECODING_MAX_FILES
+    edit = schema["$defs"]["FileEdit"]["properties"]
+    edit["path"]["pattern"] = PATH_PATTERNS[phase]
+    edit["path"]["maxLength"] = 80
+    edit["content"]["maxLength"] = CONTENT_MAX_CHARS
     return schema
 
 
@@ -141,6 +154,7 @@ class LocalBackend(Backend):
         self.base.eval()
         self.model = self.base
         self._grammars: dict[str, object] = {}
+        self._stop_ids: list[int] = []
         self.last_tokens = 0
 
     def _grammar(self, phase: str):
@@ -148,8 +162,9 @@ class LocalBackend(Backend):
 
         if phase not in self._grammars:
             info = xgr.TokenizerInfo.from_huggingface(self.tokenizer, vocab_size=self.base.config.vocab_size)
+            self._stop_ids = sorted(set(info.stop_token_ids) | {self.tokenizer.eos_token_id})
             self._grammars[phase] = xgr.GrammarCompiler(info).compile_json_schema(
-                json.dumps(decoding_schema(phase)))
+                json.dumps(decoding_schema(phase)), any_whitespace=False)
         return self._grammars[phase]
 
     def generate(self, messages, phase, task=None):
@@ -159,9 +174,10 @@ class LocalBackend(Backend):
         inputs = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
                                                     return_dict=True)
         processor = xgr.contrib.hf.LogitsProcessor(self._grammar(phase))
-        with torch.inference_mode():
+        with torch.inference_mode():  # stop on the grammar's stop tokens, not only the model's EOS
             out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
-                                      logits_processor=[processor], pad_token_id=self.tokenizer.eos_token_id)
+                                      logits_processor=[processor], eos_token_id=self._stop_ids,
+                                      pad_token_id=self.tokenizer.eos_token_id)
         new = out[0, inputs["input_ids"].shape[1]:]
         self.last_tokens = int(new.shape[0])
         return self.tokenizer.decode(new, skip_special_tokens=True)

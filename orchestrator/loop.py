@@ -217,14 +217,15 @@ class Loop:
         self.state.best_reward = reward
         self.state.best_commit = self.ws.head()
         self.state.iteration, self.state.step = 1, "patch"
-        self.last_result = result
+        self.state.last_result = result.model_dump(exclude={"output"})
         self._progress("baseline", f"reward {reward}/{self.state.max_reward} ({result.verdict})")
 
     def step_patch(self) -> None:
         s = self.state
         rec = s.record(s.iteration)
         sources, tests = self._files()
-        messages = prompts.patch_messages(self.ws.path, sources, tests, getattr(self, "last_result", None))
+        last = SandboxResult(**s.last_result) if s.last_result else None
+        messages = prompts.patch_messages(self.ws.path, sources, tests, last)
         self._progress("patch", "asking the model")
         reply, applied = self._ask("patch", messages, rec.timings)
         improved = False
@@ -232,14 +233,16 @@ class Loop:
             rec.patch_accepted = True
             with self._timed(rec.timings, "sandbox"):
                 result, reward, broke = self.evaluate()
-            self.last_result = result
+            s.last_result = result.model_dump(exclude={"output"})
             rec.reward, rec.verdict = reward, result.verdict
             improved = is_improvement(reward, s.best_reward, broke, self.config.run.improvement_margin)
             if improved:
                 s.best_reward, s.best_commit = reward, self.ws.head()
                 s.files_modified = sorted(set(s.files_modified) | {e.path for e in applied.decision.edits})
-                with self._timed(rec.timings, "archive"):
-                    rec.samples_added += self._archive(messages, reply, "patch", _digest(result), applied.digest)
+                if result.verdict == "pass":  # only a fully passing evaluation is archived as a success
+                    with self._timed(rec.timings, "archive"):
+                        rec.samples_added += self._archive(messages, reply, "patch", _digest(result),
+                                                           applied.digest)
             else:
                 self.ws.restore(s.best_commit)
                 self.audit.append("reverted", iteration=s.iteration, to=s.best_commit, reward=reward,

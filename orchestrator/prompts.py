@@ -45,8 +45,11 @@ def _result_block(result) -> str:
 
 
 def patch_messages(root: Path, sources: list[str], tests: list[str], last_result) -> list[dict]:
+    example = sources[0] if sources else "module.py"
     user = (f"{_files_block(root, sources)}\n\nTests (read-only):\n{_files_block(root, tests)}\n\n"
-            f"{_result_block(last_result)}\n\nFix the source so that all tests pass.\n{PATCH_FORMAT}")
+            f"{_result_block(last_result)}\n\nFix the source so that all tests pass.\n{PATCH_FORMAT}\n"
+            f'Example of the shape: {{"rationale": "square must multiply", "edits": [{{"path": "{example}", '
+            f'"content": "def square(x):\\n    return x * x\\n"}}]}}')
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
 
 

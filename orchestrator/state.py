@@ -42,6 +42,7 @@ class AgentState(BaseModel):
     protected: dict[str, str] = Field(default_factory=dict)
     current_adapter: str | None = None
     backend_snapshot: dict = Field(default_factory=dict)
+    last_result: dict | None = None  # the last evaluation, shown in the next patch prompt
     samples: int = 0
     stop_reason: str | None = None
 
