@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from pathlib import Path
 
@@ -48,6 +49,26 @@ def decoding_schema(phase: str) -> dict:
     edit["path"]["maxLength"] = 80
     edit["content"]["maxLength"] = CONTENT_MAX_CHARS
     return schema
+
+
+def portable_schema(phase: str) -> dict:
+    """For servers' own grammar engines (llama.cpp, vLLM...): ``$defs`` inlined, no length
+    bounds or patterns (llama.cpp expands ``maxLength`` into a grammar too large to load);
+    ``max_tokens`` bounds the reply instead, and the policy checks paths after."""
+    schema = decoding_schema(phase)
+    defs = schema.pop("$defs", {})
+
+    def walk(node):
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return walk(copy.deepcopy(defs[node["$ref"].rsplit("/", 1)[-1]]))
+            return {k: walk(v) for k, v in node.items()
+                    if k not in ("title", "description", "maxLength", "pattern")}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    return walk(schema)
 
 
 class Backend:
@@ -112,21 +133,30 @@ class OpenAIBackend(Backend):
         self.model_id = model
         self.api_key = api_key
         self.max_tokens, self.temperature, self.timeout_s = max_tokens, temperature, timeout_s
+        self.format_style = "json_schema"  # falls back to json_object + schema when the server asks
 
-    def generate(self, messages, phase, task=None):
-        body = {
-            "model": self.model_id, "messages": messages, "max_tokens": self.max_tokens,
-            "temperature": self.temperature,
-            "response_format": {"type": "json_schema",
-                                "json_schema": {"name": f"{phase}_reply", "schema": decoding_schema(phase),
-                                                "strict": True}},
-        }
+    def _response_format(self, phase: str) -> dict:
+        schema = portable_schema(phase)
+        if self.format_style == "json_object":  # llama-cpp-python's server extension
+            return {"type": "json_object", "schema": schema}
+        return {"type": "json_schema", "json_schema": {"name": f"{phase}_reply", "schema": schema, "strict": True}}
+
+    def _post(self, body: dict) -> requests.Response:
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         try:
-            resp = requests.post(f"{self.base_url}/chat/completions", json=body, headers=headers,
+            return requests.post(f"{self.base_url}/chat/completions", json=body, headers=headers,
                                  timeout=self.timeout_s)
         except requests.RequestException as exc:
             raise BackendError(f"cannot reach {self.base_url}: {exc}") from exc
+
+    def generate(self, messages, phase, task=None):
+        body = {"model": self.model_id, "messages": messages, "max_tokens": self.max_tokens,
+                "temperature": self.temperature, "response_format": self._response_format(phase)}
+        resp = self._post(body)
+        if (resp.status_code in (400, 422, 500) and "response_format" in resp.text
+                and self.format_style == "json_schema"):
+            self.format_style = "json_object"  # the server knows only json_object (+ schema): remember
+            resp = self._post(body | {"response_format": self._response_format(phase)})
         if resp.status_code != 200:
             raise BackendError(f"{self.base_url} answered {resp.status_code}: {resp.text[:300]}")
         try:
@@ -140,7 +170,8 @@ class LocalBackend(Backend):
 
     name = "local"
 
-    def __init__(self, model_dir: Path | str, model_id: str, max_new_tokens: int = 768, threads: int | None = None):
+    def __init__(self, model_dir: Path | str, model_id: str, max_new_tokens: int = 768, threads: int | None = None,
+                 retry_temperature: float = 0.8):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -149,6 +180,7 @@ class LocalBackend(Backend):
         self.model_dir = Path(model_dir)
         self.model_id = model_id
         self.max_new_tokens = max_new_tokens
+        self.retry_temperature = retry_temperature
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
         self.base = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32)
         self.base.eval()
@@ -174,8 +206,16 @@ class LocalBackend(Backend):
         inputs = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
                                                     return_dict=True)
         processor = xgr.contrib.hf.LogitsProcessor(self._grammar(phase))
+        # First attempt greedy; a retry (the conversation holds a rejected reply) samples, so it
+        # can differ, with a seed taken from the messages, so a replayed step gives the same text.
+        retry = any(m["role"] == "assistant" for m in messages)
+        sampling = {"do_sample": False}
+        if retry:
+            seed = int(hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()[:8], 16)
+            torch.manual_seed(seed)
+            sampling = {"do_sample": True, "temperature": self.retry_temperature, "top_p": 0.95}
         with torch.inference_mode():  # stop on the grammar's stop tokens, not only the model's EOS
-            out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
+            out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, **sampling,
                                       logits_processor=[processor], eos_token_id=self._stop_ids,
                                       pad_token_id=self.tokenizer.eos_token_id)
         new = out[0, inputs["input_ids"].shape[1]:]

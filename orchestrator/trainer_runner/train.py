@@ -1,0 +1,121 @@
+"""Trainer entry point: samples + config -> PEFT LoRA adapter + metrics.json.
+
+    python -m rsi_trainer --samples S --config C --model-dir M --output O
+
+Unsloth is imported before transformers/trl/peft (it patches them). On a GPU the base is
+loaded in 4 bit and the optimizer is AdamW 8-bit; on the CPU Unsloth's fallback trains in
+full precision with AdamW. Loss covers the assistant's reply only (prompt-completion rows).
+Everything is written to a temporary directory inside O and renamed into place at the
+end, so a failed run leaves no adapter behind. Exit 0 on success, 2 on bad input, 1 on a
+training failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from .config import TrainConfig
+from .samples import BadSamples, load_samples
+
+EXIT_BAD_INPUT = 2
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"rsi-trainer: {message}", file=sys.stderr, flush=True)
+    return code
+
+
+def _peak_memory_gib(gpu: bool) -> float:
+    if gpu:
+        import torch
+
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def train(rows: list[dict], digest: str, cfg: TrainConfig, model_dir: Path, out: Path) -> dict:
+    import unsloth  # noqa: F401  (must come first: it patches transformers, trl and peft)
+    import torch
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+    from unsloth import FastLanguageModel
+
+    gpu = torch.cuda.is_available()
+    load_in_4bit = gpu if cfg.load_in_4bit is None else cfg.load_in_4bit
+    if load_in_4bit and not gpu:
+        raise ValueError("load_in_4bit needs a GPU")
+    optim = cfg.optim or ("adamw_8bit" if gpu else "adamw_torch")
+    model, tokenizer = FastLanguageModel.from_pretrained(
+        model_name=str(model_dir), max_seq_length=cfg.max_length, load_in_4bit=load_in_4bit,
+        dtype=None if gpu else torch.float32, local_files_only=True)
+    model = FastLanguageModel.get_peft_model(
+        model, r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+        target_modules=cfg.target_modules, bias="none", random_state=cfg.seed,
+        use_gradient_checkpointing="unsloth" if gpu else False)
+    dataset = Dataset.from_list(rows)
+    args = SFTConfig(
+        output_dir=str(out / "checkpoints"), per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, max_length=cfg.max_length, seed=cfg.seed,
+        optim=optim, logging_steps=1, save_strategy="no", report_to="none", packing=cfg.packing,
+        completion_only_loss=True, bf16=gpu and torch.cuda.is_bf16_supported(), fp16=False,
+        dataloader_num_workers=0, use_cpu=not gpu, lr_scheduler_type="linear", warmup_steps=0)
+    trainer = SFTTrainer(model=model, processing_class=tokenizer, train_dataset=dataset, args=args)
+    tokens = sum(len(ids) for ids in trainer.train_dataset["input_ids"])
+    start = time.perf_counter()
+    result = trainer.train()
+    seconds = time.perf_counter() - start
+    steps = result.global_step
+    epochs_done = min(cfg.epochs, steps * cfg.batch_size * cfg.grad_accum / max(1, len(rows)))
+    model.save_pretrained(str(out))
+    losses = [round(h["loss"], 6) for h in trainer.state.log_history if "loss" in h]
+    return {
+        "losses": losses, "steps": steps, "train_seconds": round(seconds, 3),
+        "tokens_per_s": round(tokens * epochs_done / seconds, 2) if seconds else 0.0,
+        "peak_memory_gib": round(_peak_memory_gib(gpu), 3), "samples": len(rows), "data_sha256": digest,
+        "device": "cuda" if gpu else "cpu", "load_in_4bit": load_in_4bit, "optim": optim,
+        "config": cfg.model_dump(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="rsi-trainer")
+    ap.add_argument("--samples", type=Path, required=True)
+    ap.add_argument("--config", type=Path, required=True)
+    ap.add_argument("--model-dir", type=Path, required=True)
+    ap.add_argument("--output", type=Path, required=True)
+    args = ap.parse_args(argv)
+    try:
+        cfg = TrainConfig.model_validate_json(args.config.read_text())
+    except Exception as exc:  # noqa: BLE001 - any config problem is the caller's input
+        return _fail(f"bad training config: {exc}", EXIT_BAD_INPUT)
+    try:
+        rows, digest = load_samples(args.samples, cfg.min_samples, cfg.max_samples, cfg.max_file_bytes)
+    except BadSamples as exc:
+        return _fail(f"bad samples: {exc}", EXIT_BAD_INPUT)
+    if not (args.model_dir / "config.json").exists():
+        return _fail(f"no model at {args.model_dir} (config.json missing)", EXIT_BAD_INPUT)
+    args.output.mkdir(parents=True, exist_ok=True)
+    tmp = args.output / ".partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    print(f"rsi-trainer: {len(rows)} samples, data {digest[:12]}, config {cfg.model_dump_json()}", flush=True)
+    try:
+        metrics = train(rows, digest, cfg, args.model_dir, tmp)
+    except Exception as exc:  # noqa: BLE001
+        shutil.rmtree(tmp, ignore_errors=True)
+        return _fail(f"training failed: {type(exc).__name__}: {exc}", 1)
+    shutil.rmtree(tmp / "checkpoints", ignore_errors=True)
+    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    for name in os.listdir(tmp):
+        os.replace(tmp / name, args.output / name)
+    tmp.rmdir()
+    print(f"rsi-trainer: done, losses {metrics['losses'][:3]}...{metrics['losses'][-3:]}", flush=True)
+    return 0
