@@ -5,7 +5,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install images test test-fast bench run clean docker-check
+LLAMA_STAMP := $(VENV)/.llama-server
+
+.PHONY: install images test test-fast bench run clean docker-check test-deps trainer-wheels trainer-gpu-image
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,14 +19,35 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# A real OpenAI-compatible server for the openai backend's tests (built from source, ~5 min once;
+# portable flags: a native build dies with SIGILL on some CPUs).
+$(LLAMA_STAMP): $(STAMP)
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/pip install -q 'llama-cpp-python[server]==0.3.36'
+	touch $(LLAMA_STAMP)
+
+test-deps: $(LLAMA_STAMP)
+
 docker-check:
 	@$(BIN)/python -c "import docker; docker.from_env().ping()" 2>/dev/null || { \
 	  echo "rsi: no Docker daemon reachable. Start it (e.g. 'dockerd &' or 'systemctl start docker')." >&2; exit 2; }
 
-images: install docker-check
+WHEELS_STAMP := trainer_image/wheelhouse/.cpu
+
+$(WHEELS_STAMP): trainer_image/requirements-cpu.txt
+	$(PYTHON) trainer_image/build_wheelhouse.py cpu
+	touch $(WHEELS_STAMP)
+
+trainer-wheels: $(WHEELS_STAMP)
+
+images: install docker-check trainer-wheels
 	$(BIN)/rsi --log-level info images build
 
-test: images
+# The GPU trainer image (needs a registry for the CUDA base, and a GPU to be useful).
+trainer-gpu-image: install docker-check
+	$(PYTHON) trainer_image/build_wheelhouse.py gpu
+	$(BIN)/rsi --log-level info images build --trainer gpu
+
+test: images test-deps
 	$(BIN)/python -m pytest -q
 
 test-fast: install

@@ -63,10 +63,14 @@ def images() -> None:
 
 @images.command("build")
 @click.option("--base-image", default=None, help="Base image for the sandbox (default: auto, offline fallback).")
+@click.option("--trainer", "trainer_variant", type=click.Choice(["cpu", "gpu", "none"]), default="cpu",
+              show_default=True, help="Which trainer image to build as well.")
+@click.option("--trainer-base-image", default=None,
+              help="Base for the trainer (default: Debian bookworm via mmdebstrap for cpu; give a CUDA image for gpu).")
 @click.option("--force", is_flag=True, help="Rebuild even when the sources did not change.")
-def images_build(base_image: str | None, force: bool) -> None:
-    """Build the sandbox image (fast when nothing changed)."""
-    from .images import build_sandbox_image
+def images_build(base_image: str | None, trainer_variant: str, trainer_base_image: str | None, force: bool) -> None:
+    """Build the sandbox and trainer images (fast when nothing changed)."""
+    from .images import build_sandbox_image, build_trainer_image
     from .sandbox import InfraError, connect
 
     try:
@@ -75,6 +79,14 @@ def images_build(base_image: str | None, force: bool) -> None:
         _fail_infra(str(exc))
     tag = build_sandbox_image(client, base_image=base_image, force=force)
     click.echo(f"sandbox image ready: {tag}")
+    if trainer_variant != "none":
+        if trainer_variant == "gpu" and not trainer_base_image:
+            trainer_base_image = "nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04"
+        try:
+            tag = build_trainer_image(client, trainer_variant, base_image=trainer_base_image, force=force)
+        except RuntimeError as exc:
+            _fail_infra(str(exc))
+        click.echo(f"trainer image ready: {tag}")
 
 
 @main.command("schema")
@@ -222,11 +234,98 @@ def run_cmd(config_file, workspace, task_id, backend, replies, max_iterations, r
                 task = humaneval_task(tid, run_dir.parent / (run_dir.name + ".task"))
             else:
                 task = seed_task()
-            loop = Loop(run_dir, config, make_backend(config.run.backend, config, replies), task=task)
+            backend_obj = make_backend(config.run.backend, config, replies)
+            hook = None
+            if config.run.train_every:
+                if config.run.backend != "local":
+                    raise click.UsageError("train_every needs the local backend (it loads the adapters)")
+                from .embedded_model import ensure_converted
+                from .training import TrainHook
+
+                hook = TrainHook(ensure_converted())
+            loop = Loop(run_dir, config, backend_obj, task=task, train_hook=hook)
         state = loop.run()
     except (BackendError, InfraError, RunError, ProtectedFileChanged) as exc:
         _fail_infra(str(exc))
     sys.exit(0 if state.stop_reason else 1)
+
+
+@main.command("train")
+@click.option("--samples", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True)
+@click.option("--output", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Training config JSON (TrainConfig fields); defaults otherwise.")
+@click.option("--model-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Base model directory (default: the embedded SmolLM2).")
+@click.option("--gpu", is_flag=True, help="Use the GPU trainer image and request the GPU.")
+def train_cmd(samples: Path, output: Path, config_file: Path | None, model_dir: Path | None, gpu: bool) -> None:
+    """Train a LoRA adapter on SAMPLES in the network-less trainer container."""
+    from .sandbox import InfraError
+    from .trainer import TrainerError, TrainerInputError, run_training
+    from .trainer_runner.config import TrainConfig
+
+    try:
+        config = TrainConfig.model_validate_json(config_file.read_text()) if config_file else TrainConfig()
+        if model_dir is None:
+            from .embedded_model import ensure_converted
+
+            model_dir = ensure_converted()
+        metrics = run_training(samples, output, config, model_dir, gpu=gpu,
+                               on_log=lambda lines: click.echo("\n".join(lines[-15:]), err=True))
+    except TrainerInputError as exc:
+        click.echo(f"rsi: refused: {exc}", err=True)
+        sys.exit(1)
+    except (InfraError, TrainerError) as exc:
+        _fail_infra(str(exc))
+    losses = metrics["losses"]
+    click.echo(f"adapter written to {output}: {metrics['steps']} steps, loss {losses[0]:.3f} -> {losses[-1]:.3f}, "
+               f"{metrics['tokens_per_s']} tokens/s, peak {metrics['peak_memory_gib']} GiB, {metrics['device']}")
+
+
+@main.group()
+def adapters() -> None:
+    """The adapter registry of a run."""
+
+
+@adapters.command("list")
+@click.option("--run-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
+def adapters_list(run_dir: Path) -> None:
+    from .adapters import Registry
+
+    reg = Registry(run_dir)
+    current = reg.current()
+    click.echo(f"current: {current or 'base model'}")
+    for m in reg.list():
+        mark = "*" if m.id == current else " "
+        score = "-" if m.score is None else f"{m.score:.3f}"
+        click.echo(f"{mark} {m.id}  parent {m.parent or 'base'}  samples {m.samples}  score {score}  {m.decision}")
+
+
+@adapters.command("promote")
+@click.argument("adapter_id")
+@click.option("--run-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
+def adapters_promote(adapter_id: str, run_dir: Path) -> None:
+    """Make ADAPTER_ID (or 'base') current, whatever its score."""
+    from .adapters import Registry
+
+    try:
+        Registry(run_dir).promote(adapter_id)
+    except KeyError as exc:
+        _fail_infra(str(exc))
+    click.echo(f"current: {adapter_id}")
+
+
+@adapters.command("rollback")
+@click.option("--run-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
+def adapters_rollback(run_dir: Path) -> None:
+    """Go back to the adapter that was current before the last promotion."""
+    from .adapters import Registry
+
+    try:
+        current = Registry(run_dir).rollback()
+    except LookupError as exc:
+        _fail_infra(str(exc))
+    click.echo(f"current: {current or 'base model'}")
 
 
 @main.command("status")

@@ -30,6 +30,11 @@ REGISTRY_BASE = "python:3.12-slim"
 OFFLINE_BASE = "rsi-base:bookworm"
 DIGEST_LABEL = "org.rsi-lab.source-digest"
 MMDEBSTRAP_PACKAGES = "python3,python3-pytest"
+TRAINER_DOCKERFILE = REPO_ROOT / "trainer_image" / "Dockerfile"
+TRAINER_RUNNER_DIR = Path(__file__).resolve().parent / "trainer_runner"
+WHEELHOUSE = REPO_ROOT / "trainer_image" / "wheelhouse"
+TRAINER_OFFLINE_BASE = "rsi-trainer-base:bookworm"
+TRAINER_PACKAGES = "python3,python3-venv,ca-certificates"
 
 
 def _has_image(client, ref: str) -> bool:
@@ -40,15 +45,15 @@ def _has_image(client, ref: str) -> bool:
         return False
 
 
-def build_offline_base(client, tag: str = OFFLINE_BASE) -> str:
-    """Debian bookworm with python3 and pytest, from the Debian mirror, no registry."""
+def build_offline_base(client, tag: str = OFFLINE_BASE, packages: str = MMDEBSTRAP_PACKAGES) -> str:
+    """Debian bookworm with the given packages, from the Debian mirror, no registry."""
     if not shutil.which("mmdebstrap"):
         raise RuntimeError("no registry reachable and mmdebstrap missing: apt-get install -y mmdebstrap")
     with tempfile.TemporaryDirectory(prefix="rsi-rootfs-") as tmp:
         rootfs = os.path.join(tmp, "rootfs.tar")
         log.info("images.base.mmdebstrap", tag=tag)
         subprocess.run(
-            ["mmdebstrap", "--quiet", "--variant=apt", f"--include={MMDEBSTRAP_PACKAGES}", "bookworm", rootfs],
+            ["mmdebstrap", "--quiet", "--variant=apt", f"--include={packages}", "bookworm", rootfs],
             check=True,
         )
         repo, _, version = tag.partition(":")
@@ -80,14 +85,16 @@ def _context_files() -> dict[str, bytes]:
     return files
 
 
-def _context_tar(files: dict[str, bytes]) -> io.BytesIO:
-    buf = io.BytesIO()
+def _context_tar(files: dict[str, bytes], big_files: dict[str, Path] | None = None):
+    buf = tempfile.TemporaryFile()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         for name, data in files.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)
             info.mode = 0o644
             tar.addfile(info, io.BytesIO(data))
+        for name, path in (big_files or {}).items():
+            tar.add(path, arcname=name)
     buf.seek(0)
     return buf
 
@@ -112,4 +119,51 @@ def build_sandbox_image(client=None, tag: str = "rsi-sandbox:latest", base_image
         fileobj=_context_tar(files), custom_context=True, dockerfile="sandbox_image/Dockerfile",
         tag=tag, buildargs={"BASE_IMAGE": base}, labels={DIGEST_LABEL: want}, rm=True, forcerm=True,
     )
+    return tag
+
+
+def _has_gpu_stack(client) -> bool:
+    return "nvidia" in (client.info().get("Runtimes") or {})
+
+
+def build_trainer_image(client=None, variant: str = "cpu", tag: str | None = None, base_image: str | None = None,
+                        force: bool = False) -> str:
+    """Build the trainer image from the host-built wheelhouse (``make trainer-wheels``)."""
+    client = client or docker.from_env()
+    tag = tag or f"rsi-trainer:{variant}"
+    requirements = REPO_ROOT / "trainer_image" / f"requirements-{variant}.txt"
+    wanted = [line.split("==")[0].lower().replace("_", "-") for line in requirements.read_text().splitlines()
+              if line.strip() and not line.startswith("#")]
+    wheels = sorted(WHEELHOUSE.glob("*.whl")) if WHEELHOUSE.exists() else []
+    have = {w.name.split("-")[0].lower().replace("_", "-") for w in wheels}
+    missing = [w for w in wanted if w not in have]
+    if missing:
+        raise RuntimeError(f"trainer wheelhouse lacks {', '.join(missing[:5])}...: run `make trainer-wheels`")
+    if base_image is None:
+        base_image = TRAINER_OFFLINE_BASE
+        if not _has_image(client, base_image):
+            build_offline_base(client, base_image, TRAINER_PACKAGES)
+    elif not _has_image(client, base_image):
+        client.images.pull(base_image)
+    files = {"trainer_image/Dockerfile": TRAINER_DOCKERFILE.read_bytes(),
+             f"trainer_image/requirements-{variant}.txt": requirements.read_bytes()}
+    for path in sorted(TRAINER_RUNNER_DIR.glob("*.py")):
+        files[f"orchestrator/trainer_runner/{path.name}"] = path.read_bytes()
+    digest = hashlib.sha256(client.images.get(base_image).id.encode())
+    for name, data in files.items():
+        digest.update(name.encode() + b"\0" + data)
+    for w in wheels:
+        digest.update(f"{w.name}:{w.stat().st_size}".encode())
+    want = digest.hexdigest()
+    if not force and _has_image(client, tag) and client.images.get(tag).labels.get(DIGEST_LABEL) == want:
+        log.info("images.trainer.up_to_date", tag=tag)
+        return tag
+    log.info("images.trainer.build", tag=tag, base=base_image, wheels=len(wheels))
+    context = _context_tar(files, {f"trainer_image/wheelhouse/{w.name}": w for w in wheels})
+    try:
+        client.images.build(fileobj=context, custom_context=True, dockerfile="trainer_image/Dockerfile", tag=tag,
+                            buildargs={"BASE_IMAGE": base_image, "VARIANT": variant}, labels={DIGEST_LABEL: want},
+                            rm=True, forcerm=True, timeout=3600)
+    finally:
+        context.close()
     return tag

@@ -37,6 +37,8 @@ from .archive import Archive
 from .audit import AuditLog
 from .backends import Backend, ReplayExhausted
 from .config import RunConfig
+from .evaluation import SCORING_VERDICTS
+from .evaluation import reward as count_reward
 from .mutation import mutants
 from .plateau import is_improvement, stop_reason
 from .policy import Policy, check_edits
@@ -48,7 +50,6 @@ from .tasks import Task, protected_files
 from .workspace import Workspace
 
 log = structlog.get_logger(__name__)
-SCORING_VERDICTS = ("pass", "fail")
 
 
 class RunError(RuntimeError):
@@ -111,6 +112,11 @@ class Loop:
         self.ws = Workspace(self.run_dir / "workspace")
         self.ws.restore(self.state.head_commit)  # drop whatever the step in flight had written
         self.backend.restore(self.state.backend_snapshot)
+        if self.state.current_adapter:  # the promoted adapter, as before the crash
+            from .adapters import Registry
+
+            self.backend.load_adapter(Registry(self.run_dir).path(self.state.current_adapter),
+                                      self.state.current_adapter)
         self.audit = AuditLog(self.run_dir / "audit.jsonl")
         self.archive = Archive(self.run_dir / "samples.jsonl")
         self.audit.append("run_resumed", iteration=self.state.iteration, step=self.state.step,
@@ -157,17 +163,12 @@ class Loop:
         hidden = self.run_dir / "hidden"
         return {p.name: p.read_text() for p in sorted(hidden.glob("*.py"))} if hidden.exists() else {}
 
-    def _scored(self, nodeid: str) -> bool:
-        file = nodeid.split("::", 1)[0]
-        return file in self.state.protected or file in self.hidden
-
     def evaluate(self) -> tuple[SandboxResult, int, bool]:
         """Protected + generated + hidden tests in the sandbox: (result, reward, broke a generated test)."""
         self.ws.verify_protected(self.state.protected)
         result = run_tests(self.ws.path, limits=self.limits, overlay=self.hidden)
-        scored = [t for t in result.tests if self._scored(t["nodeid"])]
-        self.state.max_reward = max(self.state.max_reward, len(scored))
-        reward = sum(t["outcome"] == "passed" for t in scored) if result.verdict in SCORING_VERDICTS else 0
+        reward, total = count_reward(result, set(self.state.protected) | set(self.hidden))
+        self.state.max_reward = max(self.state.max_reward, total)
         generated = [t for t in result.tests if t["nodeid"].split("::", 1)[0] in self.state.generated_tests]
         broke = result.verdict not in SCORING_VERDICTS or any(t["outcome"] != "passed" for t in generated)
         self.audit.append("sandbox_run", iteration=self.state.iteration, purpose="evaluation",

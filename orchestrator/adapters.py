@@ -1,0 +1,124 @@
+"""Adapter registry in a run directory: ``adapters/vNNNN/`` plus ``adapters/registry.json``.
+
+Each adapter directory holds the PEFT files, the trainer's ``metrics.json`` and ``meta.json``
+(parent adapter, base model, config, data digest, sample count, score, decision). Training
+never changes what is current; ``decide`` promotes a new adapter only when its score is not
+worse than the current one's beyond ``noise`` (otherwise it is kept, not promoted).
+``rollback`` returns to the adapter that was current before the last promotion.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from .workspace import atomic_write
+
+BASE = "base"  # the base model without an adapter
+
+
+class AdapterMeta(BaseModel):
+    id: str
+    parent: str | None
+    base_model: str
+    config: dict = Field(default_factory=dict)
+    data_sha256: str = ""
+    samples: int = 0
+    metrics: dict = Field(default_factory=dict)
+    score: float | None = None
+    parent_score: float | None = None
+    promoted: bool = False
+    decision: str = ""
+    created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+
+class Registry:
+    def __init__(self, run_dir: Path | str):
+        self.root = Path(run_dir) / "adapters"
+        self.file = self.root / "registry.json"
+
+    def _load(self) -> dict:
+        if self.file.exists():
+            return json.loads(self.file.read_text())
+        return {"current": None, "history": []}
+
+    def _store(self, data: dict) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.file, json.dumps(data, indent=2).encode())
+
+    def current(self) -> str | None:
+        return self._load()["current"]
+
+    def path(self, adapter_id: str) -> Path:
+        return self.root / adapter_id
+
+    def meta(self, adapter_id: str) -> AdapterMeta:
+        return AdapterMeta.model_validate_json((self.path(adapter_id) / "meta.json").read_text())
+
+    def list(self) -> list[AdapterMeta]:
+        if not self.root.exists():
+            return []
+        return [self.meta(p.name) for p in sorted(self.root.glob("v[0-9][0-9][0-9][0-9]"))
+                if (p / "meta.json").exists()]
+
+    def staging_dir(self) -> Path:
+        """A fresh directory for the trainer to write into."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        staging = self.root / ".staging"
+        shutil.rmtree(staging, ignore_errors=True)
+        return staging
+
+    def register(self, trained_dir: Path, base_model: str, config: dict, metrics: dict) -> AdapterMeta:
+        """Move a finished training output in as the next version (not promoted)."""
+        existing = [int(p.name[1:]) for p in self.root.glob("v[0-9][0-9][0-9][0-9]")]
+        adapter_id = f"v{max(existing, default=0) + 1:04d}"
+        target = self.path(adapter_id)
+        os.replace(trained_dir, target)
+        meta = AdapterMeta(id=adapter_id, parent=self.current(), base_model=base_model, config=config,
+                           data_sha256=metrics.get("data_sha256", ""), samples=metrics.get("samples", 0),
+                           metrics={k: v for k, v in metrics.items() if k != "config"})
+        self._write_meta(meta)
+        return meta
+
+    def _write_meta(self, meta: AdapterMeta) -> None:
+        atomic_write(self.path(meta.id) / "meta.json", meta.model_dump_json(indent=2).encode())
+
+    def decide(self, adapter_id: str, score: float, current_score: float, noise: float) -> AdapterMeta:
+        """The promotion gate: promote when ``score >= current_score - noise``."""
+        meta = self.meta(adapter_id)
+        meta.score, meta.parent_score = score, current_score
+        if score >= current_score - noise:
+            meta.decision = f"promoted: score {score:.3f} vs {current_score:.3f} (noise {noise:.3f})"
+            self._write_meta(meta)
+            self.promote(adapter_id)
+            meta.promoted = True
+        else:
+            meta.decision = f"kept, not promoted: score {score:.3f} < {current_score:.3f} - noise {noise:.3f}"
+        self._write_meta(meta)
+        return meta
+
+    def promote(self, adapter_id: str) -> None:
+        if adapter_id != BASE and not (self.path(adapter_id) / "adapter_config.json").exists():
+            raise KeyError(f"no adapter {adapter_id}")
+        data = self._load()
+        data["history"].append({"from": data["current"], "to": None if adapter_id == BASE else adapter_id,
+                                "at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+        data["current"] = None if adapter_id == BASE else adapter_id
+        self._store(data)
+
+    def rollback(self) -> str | None:
+        """Make current the adapter that was current before the last promotion; returns it."""
+        data = self._load()
+        if not data["history"]:
+            raise LookupError("nothing to roll back")
+        last = data["history"].pop()
+        data["current"] = last["from"]
+        data.setdefault("rollbacks", []).append({"from": last["to"], "to": last["from"],
+                                                 "at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+        self._store(data)
+        return data["current"]
