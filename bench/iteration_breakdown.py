@@ -35,6 +35,7 @@ def main() -> None:
     args = ap.parse_args()
     cfg = RunConfig.load()
     cfg.run.max_iterations, cfg.run.plateau_patience, cfg.run.stop_when_solved = args.iterations, 0, False
+    cfg.run.train_every = 0  # generation vs the rest; training bursts are measured by the trainer bench
     backend = make_backend("local", cfg)
     with tempfile.TemporaryDirectory() as tmp:
         task = seed_task() if args.task == "seed" else humaneval_task(args.task, Path(tmp) / "task")

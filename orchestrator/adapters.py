@@ -75,6 +75,7 @@ class Registry:
 
     def register(self, trained_dir: Path, base_model: str, config: dict, metrics: dict) -> AdapterMeta:
         """Move a finished training output in as the next version (not promoted)."""
+        self.root.mkdir(parents=True, exist_ok=True)
         existing = [int(p.name[1:]) for p in self.root.glob("v[0-9][0-9][0-9][0-9]")]
         adapter_id = f"v{max(existing, default=0) + 1:04d}"
         target = self.path(adapter_id)

@@ -223,17 +223,17 @@ class LocalBackend(Backend):
         return self.tokenizer.decode(new, skip_special_tokens=True)
 
     def load_adapter(self, path, adapter_id):
-        """Switch to a PEFT adapter (or back to the base with ``path=None``) without a restart."""
+        """Switch to a PEFT adapter (or back to the base with ``path=None``) without a restart.
+        PEFT injects LoRA layers into the base module in place, so they are unloaded first."""
         from peft import PeftModel
 
-        if path is None:
-            self.model, self.adapter_id = self.base, None
-            return
         if isinstance(self.model, PeftModel):
-            self.model = self.model.unload() if hasattr(self.model, "unload") else self.base
-        self.model = PeftModel.from_pretrained(self.base, str(path), adapter_name="current")
-        self.model.eval()
-        self.adapter_id = adapter_id
+            self.base = self.model.unload()
+        self.model, self.adapter_id = self.base, None
+        if path is not None:
+            self.model = PeftModel.from_pretrained(self.base, str(path))
+            self.model.eval()
+            self.adapter_id = adapter_id
 
 
 def make_backend(name: str, config, replies: Path | None = None) -> Backend:

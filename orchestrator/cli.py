@@ -191,6 +191,19 @@ def audit_show(run_dir: Path, iteration: int | None) -> None:
     render(_audit_file(run_dir), iteration)
 
 
+def _train_hook(config):
+    """The loop's training burst, when the config asks for one and the backend can use adapters."""
+    if config.run.train_every and config.run.backend != "local":
+        click.echo(f"rsi: training is off: the {config.run.backend} backend cannot load adapters", err=True)
+        config.run.train_every = 0
+    if not config.run.train_every:
+        return None
+    from .embedded_model import ensure_converted
+    from .training import TrainHook
+
+    return TrainHook(ensure_converted())
+
+
 @main.command("run")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--workspace", type=click.Path(exists=True, file_okay=False, path_type=Path),
@@ -218,8 +231,9 @@ def run_cmd(config_file, workspace, task_id, backend, replies, max_iterations, r
             config = RunConfig(**saved["config"])
             if max_iterations:
                 config.run.max_iterations = max_iterations
-            chosen = backend or saved["backend"]
-            loop = Loop(resume_dir, config, make_backend(chosen, config, replies))
+            config.run.backend = backend or saved["backend"]
+            loop = Loop(resume_dir, config, make_backend(config.run.backend, config, replies),
+                        train_hook=_train_hook(config))
         else:
             config = RunConfig.load(config_file, backend=backend, max_iterations=max_iterations)
             run_dir = run_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
@@ -234,16 +248,8 @@ def run_cmd(config_file, workspace, task_id, backend, replies, max_iterations, r
                 task = humaneval_task(tid, run_dir.parent / (run_dir.name + ".task"))
             else:
                 task = seed_task()
-            backend_obj = make_backend(config.run.backend, config, replies)
-            hook = None
-            if config.run.train_every:
-                if config.run.backend != "local":
-                    raise click.UsageError("train_every needs the local backend (it loads the adapters)")
-                from .embedded_model import ensure_converted
-                from .training import TrainHook
-
-                hook = TrainHook(ensure_converted())
-            loop = Loop(run_dir, config, backend_obj, task=task, train_hook=hook)
+            loop = Loop(run_dir, config, make_backend(config.run.backend, config, replies), task=task,
+                        train_hook=_train_hook(config))
         state = loop.run()
     except (BackendError, InfraError, RunError, ProtectedFileChanged) as exc:
         _fail_infra(str(exc))

@@ -19,7 +19,7 @@ class RunSection(BaseModel):
     stop_when_solved: bool = True
     max_retries: int = Field(3, ge=0)
     max_mutants: int = Field(12, ge=1)
-    train_every: int = Field(0, ge=0)
+    train_every: int = Field(3, ge=0)
     sandbox_timeout_s: float = Field(60, gt=0)
 
 

@@ -31,7 +31,7 @@ def test_constrained_decoding_always_fits_the_schema(local_backend):
 
 def test_two_iterations_on_the_seed(tmp_path, local_backend, sandbox_image):
     cfg = RunConfig.load()
-    cfg.run.max_iterations, cfg.run.max_retries, cfg.run.max_mutants = 2, 1, 4
+    cfg.run.max_iterations, cfg.run.max_retries, cfg.run.max_mutants, cfg.run.train_every = 2, 1, 4, 0
     state = Loop(tmp_path / "run", cfg, local_backend, task=seed_task()).run()
     assert state.stop_reason and state.iteration >= 1
     events = read_events(tmp_path / "run" / "audit.jsonl")

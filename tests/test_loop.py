@@ -44,7 +44,7 @@ def write_replies(path, lines):
 
 def config(**run):
     cfg = RunConfig.load()
-    cfg.run.backend = "replay"
+    cfg.run.backend, cfg.run.train_every = "replay", 0
     for k, v in run.items():
         setattr(cfg.run, k, v)
     return cfg

@@ -75,7 +75,7 @@ def test_bad_status_is_a_clear_error(llama_server):
 @pytest.mark.docker
 def test_one_iteration_through_the_server(tmp_path, llama_server, sandbox_image):
     cfg = RunConfig.load()
-    cfg.run.max_iterations, cfg.run.max_retries, cfg.run.max_mutants = 1, 0, 3
+    cfg.run.max_iterations, cfg.run.max_retries, cfg.run.max_mutants, cfg.run.train_every = 1, 0, 3, 0
     backend = OpenAIBackend(llama_server, "smollm2", max_tokens=300)
     state = Loop(tmp_path / "run", cfg, backend, task=seed_task()).run()
     assert state.stop_reason and state.history and state.model_id == "smollm2"

@@ -1,0 +1,49 @@
+"""The loop's training burst against the real trainer container, sandbox and embedded model."""
+
+import pytest
+
+from orchestrator.adapters import Registry
+from orchestrator.audit import read_events, verify
+from orchestrator.backends import LocalBackend
+from orchestrator.config import RunConfig
+from orchestrator.embedded_model import MODEL_ID, ensure_converted
+from orchestrator.loop import Loop
+from orchestrator.tasks import seed_task
+from orchestrator.trainer_runner.config import TrainConfig
+from orchestrator.training import TrainHook
+from tests.test_trainer import sample
+
+pytestmark = pytest.mark.docker
+SMALL = TrainConfig(max_steps=6, batch_size=2, learning_rate=1e-3, max_length=512)
+
+
+def test_burst_trains_gates_switches_and_survives_resume(tmp_path, sandbox_image, docker_client):
+    from orchestrator.images import build_trainer_image
+
+    build_trainer_image(docker_client)
+    model_dir = ensure_converted()
+    cfg = RunConfig.load()
+    cfg.run.train_every = 1
+    backend = LocalBackend(model_dir, MODEL_ID, max_new_tokens=96)
+    hook = TrainHook(model_dir, SMALL, gate_tasks=("seed",), noise=1.0)  # noise 1.0: any score is promoted
+    run = tmp_path / "run"
+    loop = Loop(run, cfg, backend, task=seed_task(), train_hook=hook)
+    for i in range(4):
+        loop.archive.add(sample(i)["messages"], {"test": i})
+    hook(loop)
+    reg = Registry(run)
+    assert reg.current() == "v0001" and backend.adapter_id == "v0001" and loop.state.current_adapter == "v0001"
+
+    hook.noise = -1.0  # demands a score 1.0 above the current one: never met, so kept but not promoted
+    loop.archive.add(sample(9)["messages"], {"test": 9})
+    hook(loop)
+    assert reg.current() == "v0001" and backend.adapter_id == "v0001"
+    metas = {m.id: m for m in reg.list()}
+    assert metas["v0002"].parent == "v0001" and not metas["v0002"].promoted and metas["v0002"].samples == 5
+    events = [e for e in read_events(run / "audit.jsonl") if e["event"] == "adapter_decision"]
+    assert [e["promoted"] for e in events] == [True, False]
+    assert verify(run / "audit.jsonl").ok
+
+    loop._save()
+    resumed = Loop(run, cfg, LocalBackend(model_dir, MODEL_ID, max_new_tokens=96), train_hook=hook)
+    assert resumed.backend.adapter_id == "v0001"
