@@ -40,7 +40,25 @@ def _peak_memory_gib(gpu: bool) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
-def train(rows: list[dict], digest: str, cfg: TrainConfig, model_dir: Path, out: Path) -> dict:
+def _step_timer():
+    """A TrainerCallback recording each optimizer step's wall time (warm-up can be left out)."""
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.seconds: list[float] = []
+            self._start = 0.0
+
+        def on_step_begin(self, args, state, control, **kw):
+            self._start = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            self.seconds.append(time.perf_counter() - self._start)
+
+    return StepTimer()
+
+
+def train(rows: list[dict], digest: str, cfg: TrainConfig, model_dir: Path, out: Path, warmup_steps: int = 0) -> dict:
     import unsloth  # noqa: F401  (must come first: it patches transformers, trl and peft)
     import torch
     from datasets import Dataset
@@ -67,18 +85,28 @@ def train(rows: list[dict], digest: str, cfg: TrainConfig, model_dir: Path, out:
         optim=optim, logging_steps=1, save_strategy="no", report_to="none", packing=cfg.packing,
         completion_only_loss=True, bf16=gpu and torch.cuda.is_bf16_supported(), fp16=False,
         dataloader_num_workers=0, use_cpu=not gpu, lr_scheduler_type="linear", warmup_steps=0)
-    trainer = SFTTrainer(model=model, processing_class=tokenizer, train_dataset=dataset, args=args)
-    tokens = sum(len(ids) for ids in trainer.train_dataset["input_ids"])
+    timer = _step_timer()
+    trainer = SFTTrainer(model=model, processing_class=tokenizer, train_dataset=dataset, args=args, callbacks=[timer])
+    if gpu:
+        torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     result = trainer.train()
     seconds = time.perf_counter() - start
     steps = result.global_step
-    epochs_done = min(cfg.epochs, steps * cfg.batch_size * cfg.grad_accum / max(1, len(rows)))
     model.save_pretrained(str(out))
     losses = [round(h["loss"], 6) for h in trainer.state.log_history if "loss" in h]
+    seen = [h["num_tokens"] for h in trainer.state.log_history if "num_tokens" in h]
+    timed = timer.seconds[warmup_steps:]
+    steady = None
+    if timed and len(seen) > warmup_steps:
+        start_tokens = seen[warmup_steps - 1] if warmup_steps else 0
+        steady = round((seen[-1] - start_tokens) / sum(timed), 2)
     return {
         "losses": losses, "steps": steps, "train_seconds": round(seconds, 3),
-        "tokens_per_s": round(tokens * epochs_done / seconds, 2) if seconds else 0.0,
+        "tokens": seen[-1] if seen else 0,  # as counted by TRL (what the steps actually processed)
+        "tokens_per_s": round(seen[-1] / seconds, 2) if seen and seconds else 0.0,
+        "step_seconds": [round(x, 4) for x in timer.seconds], "warmup_steps": warmup_steps,
+        "tokens_per_s_after_warmup": steady,
         "peak_memory_gib": round(_peak_memory_gib(gpu), 3), "samples": len(rows), "data_sha256": digest,
         "device": "cuda" if gpu else "cpu", "load_in_4bit": load_in_4bit, "optim": optim,
         "config": cfg.model_dump(),
