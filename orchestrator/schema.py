@@ -105,6 +105,10 @@ def extract_object(text: str) -> dict:
         except (ValueError, RecursionError):
             pass
         start = text.find("{", start + 1)
+    if stripped.startswith("{") or "```json" in text:
+        raise ReplyError([Rejection(stage="extract", code="incomplete_json",
+                                    detail="the reply opens a JSON object but never closes it (cut off?); "
+                                           "keep it shorter")])
     raise ReplyError([Rejection(stage="extract", code="no_json_object",
                                 detail="no JSON object found; reply with one JSON object")])
 

@@ -102,6 +102,11 @@ def test_extract_candidates_are_bounded():
         extract_object("{" * 50000)
 
 
+def test_cut_off_reply_is_named_as_such(ws, policy):
+    d = check_reply('{"rationale": "r", "edits": [{"path": "a.py", "content": "x = ', "patch", ws, policy)
+    assert codes(d) == ["incomplete_json"] and "shorter" in d.feedback()
+
+
 # --- paths ---
 
 @pytest.mark.parametrize("path,code", [
