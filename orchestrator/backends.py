@@ -25,8 +25,9 @@ from .schema import json_schema
 RATIONALE_MAX_CHARS = 240
 CONTENT_MAX_CHARS = 4000
 DECODING_MAX_FILES = 2
-PATH_PATTERNS = {"patch": r"^([A-Za-z0-9_]+/){0,3}[A-Za-z0-9_]+\.py$",
-                 "tests": r"^([A-Za-z0-9_]+/){0,3}test_gen_[A-Za-z0-9_]+\.py$"}
+# Bounded quantifiers: xgrammar ignores maxLength next to a pattern, so the pattern bounds itself.
+PATH_PATTERNS = {"patch": r"^([A-Za-z0-9_]{1,24}/){0,3}[A-Za-z0-9_]{1,40}\.py$",
+                 "tests": r"^([A-Za-z0-9_]{1,24}/){0,3}test_gen_[A-Za-z0-9_]{1,40}\.py$"}
 
 
 class ReplayExhausted(Exception):
@@ -37,7 +38,7 @@ class BackendError(RuntimeError):
     """The model could not be reached or loaded."""
 
 
-def decoding_schema(phase: str) -> dict:
+def decoding_schema(phase: str, content_max: int = CONTENT_MAX_CHARS) -> dict:
     """The reply schema tightened for constrained decoding: short rationale, few files,
     paths of the phase's allowed shape, bounded content."""
     schema = copy.deepcopy(json_schema(phase))
@@ -46,8 +47,7 @@ def decoding_schema(phase: str) -> dict:
     files["maxItems"] = DECODING_MAX_FILES
     edit = schema["$defs"]["FileEdit"]["properties"]
     edit["path"]["pattern"] = PATH_PATTERNS[phase]
-    edit["path"]["maxLength"] = 80
-    edit["content"]["maxLength"] = CONTENT_MAX_CHARS
+    edit["content"]["maxLength"] = content_max
     return schema
 
 
@@ -195,8 +195,10 @@ class LocalBackend(Backend):
         if phase not in self._grammars:
             info = xgr.TokenizerInfo.from_huggingface(self.tokenizer, vocab_size=self.base.config.vocab_size)
             self._stop_ids = sorted(set(info.stop_token_ids) | {self.tokenizer.eos_token_id})
+            # content cap from the token budget, so a reply can close within it
+            content_max = max(256, self.max_new_tokens * 2 // DECODING_MAX_FILES)
             self._grammars[phase] = xgr.GrammarCompiler(info).compile_json_schema(
-                json.dumps(decoding_schema(phase)), any_whitespace=False)
+                json.dumps(decoding_schema(phase, content_max)), any_whitespace=False)
         return self._grammars[phase]
 
     def generate(self, messages, phase, task=None):

@@ -25,7 +25,7 @@ class RunSection(BaseModel):
 
 class ModelSection(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    max_new_tokens: int = Field(768, ge=16)
+    max_new_tokens: int = Field(1024, ge=16)
     openai_base_url: str = "http://127.0.0.1:8080/v1"
     openai_model: str = "default"
     openai_api_key_env: str = "OPENAI_API_KEY"
