@@ -11,6 +11,7 @@ archive. Prints the share of everything except generation (target: <= 20 %).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
@@ -20,12 +21,35 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from orchestrator.backends import make_backend  # noqa: E402
+from orchestrator.backends import ReplayBackend, make_backend  # noqa: E402
 from orchestrator.config import RunConfig  # noqa: E402
 from orchestrator.loop import Loop  # noqa: E402
 from orchestrator.tasks import humaneval_task, seed_task  # noqa: E402
 
 KEYS = ("generation", "validation", "sandbox", "mutation_gate", "archive")
+
+
+def accepted_replies(path: Path, iterations: int) -> Path:
+    """Replies the policy accepts every time: patches (improving, then not) and mutant-killing tests."""
+    fixes = ["def add(a, b):\n    return a + b\n\n\ndef is_even(n):\n    return n % 2 == 1\n",
+             "def add(a, b):\n    return a + b\n\n\ndef is_even(n):\n    return n % 2 == 0\n"]
+    lines = []
+    for i in range(iterations):
+        fix = fixes[min(i, 1)]
+        lines.append({"phase": "patch", "reply": json.dumps({"rationale": "fix", "edits": [
+            {"path": "example.py", "content": fix}]})})
+        lines.append({"phase": "tests", "reply": json.dumps({"rationale": "edge", "tests": [
+            {"path": f"test_gen_{i}.py", "content": f"from example import add\n\n\ndef test_gen_{i}():\n"
+                                                  f"    assert add({i}, 3) == {i + 3}\n"}]})})
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return path
+
+
+def run(cfg, backend, task_name: str, tmp: Path):
+    task = seed_task() if task_name == "seed" else humaneval_task(task_name, tmp / "task")
+    start = time.perf_counter()
+    state = Loop(tmp / "run", cfg, backend, task=task).run()
+    return state, time.perf_counter() - start
 
 
 def main() -> None:
@@ -36,12 +60,11 @@ def main() -> None:
     cfg = RunConfig.load()
     cfg.run.max_iterations, cfg.run.plateau_patience, cfg.run.stop_when_solved = args.iterations, 0, False
     cfg.run.train_every = 0  # generation vs the rest; training bursts are measured by the trainer bench
-    backend = make_backend("local", cfg)
     with tempfile.TemporaryDirectory() as tmp:
-        task = seed_task() if args.task == "seed" else humaneval_task(args.task, Path(tmp) / "task")
-        start = time.perf_counter()
-        state = Loop(Path(tmp) / "run", cfg, backend, task=task).run()
-        total = time.perf_counter() - start
+        state, total = run(cfg, make_backend("local", cfg), args.task, Path(tmp))
+    with tempfile.TemporaryDirectory() as tmp:
+        replay = ReplayBackend(accepted_replies(Path(tmp) / "r.jsonl", args.iterations))
+        rstate, _ = run(cfg, replay, "seed", Path(tmp))
     sums = {k: sum(r.timings.get(k, 0.0) for r in state.history) for k in KEYS}
     wall = sum(r.timings.get("wall", 0.0) for r in state.history)
     other = wall - sum(sums.values())
@@ -53,6 +76,17 @@ def main() -> None:
     non_gen = wall - sums["generation"]
     print(f"per iteration {wall / max(1, len(state.history)):.1f}s; everything except generation "
           f"{100 * non_gen / wall:.1f}% (target <= 20%)")
+    rsums = {k: sum(r.timings.get(k, 0.0) for r in rstate.history) for k in KEYS}
+    rwall = sum(r.timings.get("wall", 0.0) for r in rstate.history)
+    n = max(1, len(rstate.history))
+    print(f"replayed, every reply accepted ({n} iterations, seed): non-generation per iteration "
+          f"{(rwall - rsums['generation']) / n:.2f}s")
+    for k in KEYS[1:]:
+        print(f"  {k:14s} {rsums[k] / n:6.2f}s per iteration")
+    gen_per_iter = sums["generation"] / max(1, len(state.history))
+    share = (rwall - rsums["generation"]) / n / ((rwall - rsums["generation"]) / n + gen_per_iter)
+    print(f"with SmolLM2's generation time per iteration ({gen_per_iter:.1f}s) and every reply accepted, "
+          f"everything except generation would be {100 * share:.1f}% of an iteration")
 
 
 if __name__ == "__main__":
