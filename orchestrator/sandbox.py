@@ -102,6 +102,24 @@ def connect():
         ) from exc
 
 
+def wait_or_kill(container, timeout_s: float) -> tuple[int | None, bool]:
+    """(exit status, timed out). ``Container.wait(timeout=)`` is only an HTTP read timeout: the
+    container keeps running, so on expiry the host kills it."""
+    try:
+        return container.wait(timeout=timeout_s).get("StatusCode"), False
+    except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
+        container.kill()
+        return None, True
+
+
+def remove_quietly(container) -> None:
+    if container is not None:
+        try:
+            container.remove(force=True)
+        except docker.errors.APIError:
+            pass
+
+
 def _owner_alive(pid: str) -> bool:
     try:
         os.kill(int(pid), 0)
@@ -279,22 +297,14 @@ def run_tests(workspace: Path | str, limits: SandboxLimits | None = None, timeou
         reader = _StdoutReader(stream, limits.max_report_bytes)
         reader.start()
         container.start()
-        try:
-            container_exit = container.wait(timeout=timeout_s + limits.grace_s).get("StatusCode")
-        except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
-            host_timed_out = True
-            container.kill()
+        container_exit, host_timed_out = wait_or_kill(container, timeout_s + limits.grace_s)
         reader.join(5)
         container.reload()
         oom = bool(container.attrs["State"].get("OOMKilled"))
     except docker.errors.APIError as exc:
         raise InfraError(f"docker engine refused the sandbox: {exc.explanation or exc}") from exc
     finally:
-        if container is not None:
-            try:
-                container.remove(force=True)
-            except docker.errors.APIError:
-                pass
+        remove_quietly(container)
         shutil.rmtree(stage, ignore_errors=True)
 
     payload, problems = parse_report(bytes(reader.data), bytes.fromhex(nonce))

@@ -21,11 +21,10 @@ from collections import deque
 from pathlib import Path
 
 import docker
-import requests
 import structlog
 from pydantic import BaseModel, Field
 
-from .sandbox import InfraError, LABEL, LABEL_HOST, LABEL_PID, connect
+from .sandbox import LABEL, LABEL_HOST, LABEL_PID, InfraError, connect, remove_quietly, wait_or_kill
 from .trainer_runner.config import TrainConfig
 
 log = structlog.get_logger(__name__)
@@ -146,20 +145,12 @@ def run_training(samples: Path, output: Path, config: TrainConfig, model_dir: Pa
         tail = _Tail(container.attach(stdout=True, stderr=True, stream=True, logs=False), limits.log_lines)
         tail.start()
         container.start()
-        try:
-            status = container.wait(timeout=limits.timeout_s).get("StatusCode")
-        except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
-            timed_out, status = True, None
-            container.kill()
+        status, timed_out = wait_or_kill(container, limits.timeout_s)
         tail.join(10)
     except docker.errors.APIError as exc:
         raise InfraError(f"docker engine refused the trainer: {exc.explanation or exc}") from exc
     finally:
-        if container is not None:
-            try:
-                container.remove(force=True)
-            except docker.errors.APIError:
-                pass
+        remove_quietly(container)
         shutil.rmtree(work, ignore_errors=True)
     lines = list(tail.lines) if tail else []
     if on_log:

@@ -1,12 +1,10 @@
 """The loop end to end on real Docker: replay-driven adversarial runs and crash/resume."""
 
 import json
-import os
 import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest

@@ -4,7 +4,6 @@ import json
 import os
 from pathlib import Path
 
-import docker
 import pytest
 
 from orchestrator.adapters import Registry
