@@ -76,7 +76,8 @@ class Backend:
     model_id = "unknown"
     adapter_id: str | None = None
 
-    def generate(self, messages: list[dict], phase: str, task: str | None = None) -> str:
+    def generate(self, messages: list[dict], phase: str, task: str | None = None, seed: int | None = None) -> str:
+        """One reply. ``seed``: sample (reproducibly) instead of decoding greedily, where supported."""
         raise NotImplementedError
 
     def snapshot(self) -> dict:
@@ -107,7 +108,7 @@ class ReplayBackend(Backend):
                 self.lines.append(obj)
         self.used: set[int] = set()
 
-    def generate(self, messages, phase, task=None):
+    def generate(self, messages, phase, task=None, seed=None):
         for i, obj in enumerate(self.lines):
             if i in self.used or obj["phase"] != phase:
                 continue
@@ -149,9 +150,12 @@ class OpenAIBackend(Backend):
         except requests.RequestException as exc:
             raise BackendError(f"cannot reach {self.base_url}: {exc}") from exc
 
-    def generate(self, messages, phase, task=None):
+    def generate(self, messages, phase, task=None, seed=None):
         body = {"model": self.model_id, "messages": messages, "max_tokens": self.max_tokens,
-                "temperature": self.temperature, "response_format": self._response_format(phase)}
+                "temperature": self.temperature if seed is None else max(self.temperature, 0.8),
+                "response_format": self._response_format(phase)}
+        if seed is not None:
+            body["seed"] = seed
         resp = self._post(body)
         if (resp.status_code in (400, 422, 500) and "response_format" in resp.text
                 and self.format_style == "json_schema"):
@@ -201,7 +205,7 @@ class LocalBackend(Backend):
                 json.dumps(decoding_schema(phase, content_max)), any_whitespace=False)
         return self._grammars[phase]
 
-    def generate(self, messages, phase, task=None):
+    def generate(self, messages, phase, task=None, seed=None):
         import torch
         import xgrammar as xgr
 
@@ -212,9 +216,9 @@ class LocalBackend(Backend):
         # can differ, with a seed taken from the messages, so a replayed step gives the same text.
         retry = any(m["role"] == "assistant" for m in messages)
         sampling = {"do_sample": False}
-        if retry:
-            seed = int(hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()[:8], 16)
-            torch.manual_seed(seed)
+        if retry or seed is not None:
+            digest = int(hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()[:8], 16)
+            torch.manual_seed(digest + (seed or 0))
             sampling = {"do_sample": True, "temperature": self.retry_temperature, "top_p": 0.95}
         with torch.inference_mode():  # stop on the grammar's stop tokens, not only the model's EOS
             out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, **sampling,

@@ -334,6 +334,80 @@ def adapters_rollback(run_dir: Path) -> None:
     click.echo(f"current: {current or 'base model'}")
 
 
+@main.command("eval")
+@click.option("--suite", default="humaneval", type=click.Choice(["humaneval"]), show_default=True)
+@click.option("--split", default="heldout", type=click.Choice(["train", "heldout", "all"]), show_default=True)
+@click.option("--tasks", "only", default=None, help="Comma-separated HumanEval ids or numbers.")
+@click.option("--backend", default="local", type=click.Choice(["local", "openai", "replay"]), show_default=True)
+@click.option("--replies", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--adapter", default=None, help="Adapter id from --run-dir's registry, or 'none' for the base model.")
+@click.option("--run-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None)
+@click.option("--samples", "n", type=int, default=1, show_default=True, help="Samples per problem (N > 1 samples).")
+@click.option("--k", type=int, default=1, show_default=True, help="Report pass@k (k <= N).")
+@click.option("--seeds", type=int, default=1, show_default=True, help="Repeat with K seeds; reports the spread.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Directory for per-problem results (default: runs/eval-<time>).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
+def eval_cmd(suite, split, only, backend, replies, adapter, run_dir, n, k, seeds, out, as_json) -> None:
+    """pass@k of a model on HumanEval problems, graded by their hidden tests in the sandbox."""
+    from .backends import BackendError, make_backend
+    from .config import RunConfig
+    from .humaneval_eval import evaluate, summarize, task_ids
+    from .sandbox import InfraError
+
+    if k > n:
+        raise click.UsageError("--k must not exceed --samples")
+    ids = task_ids(split, only.split(",") if only else None)
+    if not ids:
+        raise click.UsageError("no problems selected")
+    out = out or Path("runs") / f"eval-{time.strftime('%Y%m%d-%H%M%S')}"
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        model = make_backend(backend, RunConfig.load(), replies)
+        if adapter and adapter != "none":
+            from .adapters import Registry
+
+            if run_dir is None:
+                raise click.UsageError("--adapter needs --run-dir")
+            model.load_adapter(Registry(run_dir).path(adapter), adapter)
+        runs = []
+        for seed in range(seeds):
+            results = evaluate(model, ids, n=n, seed_base=seed * 1000,
+                               on_problem=lambda r: click.echo(f"{r.task_id}: {r.correct}/{r.n} {r.verdicts}", err=True))
+            (out / f"problems-seed{seed}.jsonl").write_text("".join(r.model_dump_json() + "\n" for r in results))
+            runs.append(summarize(results, k))
+    except (BackendError, InfraError) as exc:
+        _fail_infra(str(exc))
+    summary = dict(runs[0])
+    summary.update(suite=suite, split=split, backend=backend, model=model.model_id, adapter=model.adapter_id)
+    if seeds > 1:
+        scores = [r[f"pass@{k}"] for r in runs]
+        mean = sum(scores) / len(scores)
+        summary["seeds"] = {"scores": scores, "mean": mean,
+                            "std": (sum((x - mean) ** 2 for x in scores) / (len(scores) - 1)) ** 0.5}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    lo, hi = summary["ci95"]
+    if not as_json:
+        click.echo(f"pass@{k} = {summary[f'pass@{k}']:.3f} (95% CI {lo:.3f}-{hi:.3f}) on {summary['problems']} "
+                   f"{split} problems; results in {out}")
+    else:
+        click.echo(json.dumps(summary))
+
+
+@main.command("contamination")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--n", "ngram", type=int, default=13, show_default=True, help="n-gram length (tokens).")
+def contamination_cmd(run_dir: Path, ngram: int) -> None:
+    """Held-out HumanEval prompts or solutions that overlap the run's samples.jsonl. Exit 1 if any."""
+    from .humaneval_eval import contamination
+
+    hits = contamination(run_dir / "samples.jsonl", "heldout", ngram)
+    for h in hits:
+        click.echo(f"{h['task_id']} {h['field']}: {h['shared_ngrams']} shared {ngram}-grams, e.g. {h['example']!r}")
+    click.echo(f"{len(hits)} overlaps with held-out problems")
+    sys.exit(1 if hits else 0)
+
+
 @main.command("status")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True)

@@ -84,7 +84,9 @@ def humaneval_task(task_id: str, build_root: Path) -> Task:
         "def test_docstring_examples():\n"
         "    result = doctest.testmod(example, optionflags=doctest.NORMALIZE_WHITESPACE)\n"
         "    assert result.failed == 0\n")
-    hidden = (f"from example import {p['entry_point']}\n\n" + p["test"] +
+    # The original harness runs prompt, solution and test in one namespace: checks may call helpers
+    # defined in the prompt (HumanEval/32, 38, 50), so the hidden test sees all of example's names.
+    hidden = (f"from example import *  # noqa: F403\nfrom example import {p['entry_point']}\n\n" + p["test"] +
               f"\n\ndef test_hidden_{humaneval_number(task_id)}():\n    check({p['entry_point']})\n")
     return Task(id=task_id, source_dir=src, hidden_tests={f"test_hidden_{humaneval_number(task_id)}.py": hidden},
                 entry_point=p["entry_point"])

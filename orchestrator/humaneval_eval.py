@@ -1,0 +1,159 @@
+"""Held-out HumanEval: pass@k with confidence intervals, paired comparisons, contamination.
+
+Each problem is asked through the same patch protocol as the loop (the model writes
+``example.py``; schema and policy apply) and graded by the problem's hidden test in the
+hardened sandbox: a sample is correct when that test passed in a run whose verdict is
+``pass`` or ``fail`` (a tampered, timed-out or errored run is never correct).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+import tempfile
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from . import prompts
+from .policy import Policy, check_reply
+from .sandbox import SandboxLimits, run_tests
+from .tasks import humaneval_number, humaneval_problems, humaneval_split, humaneval_task, protected_files
+from .workspace import Workspace
+
+Z95 = 1.959963984540054
+
+
+class ProblemResult(BaseModel):
+    task_id: str
+    n: int
+    correct: int
+    verdicts: list[str]
+    rejected: int = 0  # replies refused by schema or policy (counted as incorrect)
+
+
+def task_ids(split: str = "heldout", only: list[str] | None = None) -> list[str]:
+    ids = sorted(humaneval_problems(), key=humaneval_number)
+    if only:
+        wanted = {t if "/" in t else f"HumanEval/{t}" for t in only}
+        ids = [t for t in ids if t in wanted]
+    return [t for t in ids if split == "all" or humaneval_split(t) == split]
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased estimator (Chen et al., 2021): 1 - C(n-c, k) / C(n, k)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod((n - c - i) / (n - i) for i in range(k))
+
+
+def wilson(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for a proportion."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def bootstrap_ci(values: list[float], iters: int = 4000, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap of the mean (problems resampled with replacement)."""
+    if not values:
+        return 0.0, 0.0
+    rng = random.Random(seed)
+    n = len(values)
+    means = sorted(sum(values[rng.randrange(n)] for _ in range(n)) / n for _ in range(iters))
+    return means[int(0.025 * iters)], means[int(0.975 * iters) - 1]
+
+
+def paired_difference(a: list[float], b: list[float]) -> dict:
+    """Mean of b - a over the same problems, with a bootstrap 95% interval."""
+    if len(a) != len(b):
+        raise ValueError("paired comparison needs the same problems")
+    diffs = [y - x for x, y in zip(a, b)]
+    lo, hi = bootstrap_ci(diffs)
+    mean = sum(diffs) / len(diffs) if diffs else 0.0
+    return {"difference": mean, "ci95": [lo, hi], "excludes_zero": lo > 0 or hi < 0, "problems": len(diffs)}
+
+
+def summarize(results: list[ProblemResult], k: int = 1) -> dict:
+    per_problem = [pass_at_k(r.n, r.correct, k) for r in results]
+    score = sum(per_problem) / len(per_problem) if per_problem else 0.0
+    if all(r.n == 1 for r in results):
+        lo, hi = wilson(sum(r.correct for r in results), len(results))
+    else:
+        lo, hi = bootstrap_ci(per_problem)
+    return {f"pass@{k}": score, "ci95": [lo, hi], "problems": len(results),
+            "samples_per_problem": results[0].n if results else 0}
+
+
+def evaluate_problem(backend, task_id: str, n: int, limits: SandboxLimits, tmp: Path,
+                     seed_base: int = 0) -> ProblemResult:
+    task = humaneval_task(task_id, tmp / "tasks")
+    hidden = next(iter(task.hidden_tests))
+    verdicts, correct, rejected = [], 0, 0
+    for s in range(n):
+        ws = Workspace.create(task.source_dir, tmp / f"ws-{humaneval_number(task_id)}-{s}")
+        policy = Policy.load()
+        policy.protected = protected_files(ws.path)
+        messages = prompts.patch_messages(ws.path, ["example.py"], policy.protected, None)
+        reply = backend.generate(messages, "patch", task_id, **({"seed": seed_base + s} if n > 1 else {}))
+        decision = check_reply(reply, "patch", ws.path, policy)
+        if not decision.accepted:
+            verdicts.append("rejected")
+            rejected += 1
+            continue
+        ws.apply(decision.edits, f"eval {task_id} sample {s}")
+        result = run_tests(ws.path, limits=limits, overlay=task.hidden_tests)
+        ok = result.verdict in ("pass", "fail") and any(
+            t["nodeid"].startswith(hidden + "::") and t["outcome"] == "passed" for t in result.tests)
+        verdicts.append(result.verdict)
+        correct += ok
+    return ProblemResult(task_id=task_id, n=n, correct=correct, verdicts=verdicts, rejected=rejected)
+
+
+def evaluate(backend, ids: list[str], n: int = 1, limits: SandboxLimits | None = None, seed_base: int = 0,
+             on_problem=None) -> list[ProblemResult]:
+    limits = limits or SandboxLimits.load()
+    results = []
+    with tempfile.TemporaryDirectory(prefix="rsi-eval-") as tmp:
+        for tid in ids:
+            r = evaluate_problem(backend, tid, n, limits, Path(tmp), seed_base)
+            results.append(r)
+            if on_problem:
+                on_problem(r)
+    return results
+
+
+# ----- contamination -----
+
+_TOKEN = re.compile(r"\w+|[^\w\s]")
+
+
+def ngrams(text: str, n: int) -> set[tuple[str, ...]]:
+    toks = _TOKEN.findall(text)
+    return {tuple(toks[i:i + n]) for i in range(len(toks) - n + 1)}
+
+
+def contamination(samples_file: Path, split: str = "heldout", n: int = 13) -> list[dict]:
+    """Held-out problems whose prompt body or canonical solution shares an n-gram with the archive."""
+    archive = set()
+    if samples_file.exists():
+        for line in samples_file.read_text().splitlines():
+            if line.strip():
+                for m in json.loads(line).get("messages", []):
+                    archive |= ngrams(m.get("content", ""), n)
+    hits = []
+    for tid, p in sorted(humaneval_problems().items(), key=lambda kv: humaneval_number(kv[0])):
+        if split != "all" and humaneval_split(tid) != split:
+            continue
+        for field in ("canonical_solution", "prompt"):
+            shared = ngrams(p[field], n) & archive
+            if shared:
+                hits.append({"task_id": tid, "field": field, "shared_ngrams": len(shared),
+                             "example": " ".join(next(iter(shared)))})
+    return hits
