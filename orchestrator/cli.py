@@ -261,11 +261,13 @@ def run_cmd(config_file, workspace, task_id, backend, replies, max_iterations, r
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Training config JSON (TrainConfig fields); defaults otherwise.")
-@click.option("--model-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="Base model directory (default: the embedded SmolLM2).")
+@click.option("--model", "model_dir", default=None,
+              help="Base model: a directory, or a model id already in the Hugging Face cache "
+                   "(see `rsi models pull`). Default: the embedded SmolLM2.")
 @click.option("--gpu", is_flag=True, help="Use the GPU trainer image and request the GPU.")
-def train_cmd(samples: Path, output: Path, config_file: Path | None, model_dir: Path | None, gpu: bool) -> None:
+def train_cmd(samples: Path, output: Path, config_file: Path | None, model_dir: str | None, gpu: bool) -> None:
     """Train a LoRA adapter on SAMPLES in the network-less trainer container."""
+    from .models import ModelUnavailable
     from .sandbox import InfraError
     from .trainer import TrainerError, TrainerInputError, run_training
     from .trainer_runner.config import TrainConfig
@@ -276,16 +278,38 @@ def train_cmd(samples: Path, output: Path, config_file: Path | None, model_dir: 
             from .embedded_model import ensure_converted
 
             model_dir = ensure_converted()
+        else:
+            from .models import resolve
+
+            model_dir = resolve(model_dir)
         metrics = run_training(samples, output, config, model_dir, gpu=gpu,
                                on_log=lambda lines: click.echo("\n".join(lines[-15:]), err=True))
     except TrainerInputError as exc:
         click.echo(f"rsi: refused: {exc}", err=True)
         sys.exit(1)
-    except (InfraError, TrainerError) as exc:
+    except (InfraError, TrainerError, ModelUnavailable) as exc:
         _fail_infra(str(exc))
     losses = metrics["losses"]
     click.echo(f"adapter written to {output}: {metrics['steps']} steps, loss {losses[0]:.3f} -> {losses[-1]:.3f}, "
                f"{metrics['tokens_per_s']} tokens/s, peak {metrics['peak_memory_gib']} GiB, {metrics['device']}")
+
+
+@main.group()
+def models() -> None:
+    """Base models in the host's Hugging Face cache."""
+
+
+@models.command("pull")
+@click.argument("model_id")
+def models_pull(model_id: str) -> None:
+    """Download MODEL_ID (e.g. unsloth/gpt-oss-20b) into the local Hugging Face cache."""
+    from .models import ModelUnavailable, pull
+
+    try:
+        path = pull(model_id)
+    except ModelUnavailable as exc:
+        _fail_infra(str(exc))
+    click.echo(f"{model_id}: {path}")
 
 
 @main.group()

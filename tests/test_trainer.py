@@ -211,3 +211,19 @@ def test_gpu_request_without_gpu_is_a_clear_error(tmp_path, trainer_image, model
     samples = write_samples(tmp_path / "s.jsonl", [sample()])
     with pytest.raises(InfraError, match="no GPU runtime"):
         run_training(samples, tmp_path / "out", SMALL, model_dir, gpu=True)
+
+
+def test_models_pull_and_resolve_fail_clearly_offline(tmp_path):
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-m", "orchestrator.cli", "models", "pull", "unsloth/gpt-oss-20b"],
+                         capture_output=True, text=True, cwd=root, env=env, timeout=120)
+    assert out.returncode == 2 and "could not download unsloth/gpt-oss-20b" in out.stderr
+    samples = write_samples(tmp_path / "s.jsonl", [sample()])
+    out = subprocess.run([sys.executable, "-m", "orchestrator.cli", "train", "--samples", str(samples), "--output",
+                          str(tmp_path / "o"), "--model", "unsloth/gpt-oss-20b"],
+                         capture_output=True, text=True, cwd=root, env=env, timeout=120)
+    assert out.returncode == 2 and "rsi models pull unsloth/gpt-oss-20b" in out.stderr
