@@ -30,6 +30,37 @@ def reward(result: SandboxResult, scored_files: set[str]) -> tuple[int, int]:
     return sum(t["outcome"] == "passed" for t in scored), len(scored)
 
 
+class Attempt:
+    """One patch reply on a fresh copy of a task, graded with its hidden tests."""
+
+    def __init__(self, decision, result: SandboxResult | None, scored_files: set[str]):
+        self.decision, self.result, self.scored_files = decision, result, scored_files
+
+    def reward(self) -> tuple[int, int]:
+        return reward(self.result, self.scored_files) if self.result else (0, 0)
+
+    def passed(self, test_file: str) -> bool:
+        return bool(self.result) and self.result.verdict in SCORING_VERDICTS and any(
+            t["nodeid"].startswith(test_file + "::") and t["outcome"] == "passed" for t in self.result.tests)
+
+
+def attempt_task(backend, task, ws_dir: Path, limits: SandboxLimits, seed: int | None = None) -> Attempt:
+    """Ask for one patch through the loop's protocol (schema, policy, workspace) and grade it in
+    the sandbox with the task's hidden tests. A refused reply is not run (result None)."""
+    ws = Workspace.create(task.source_dir, ws_dir)
+    policy = Policy.load()
+    policy.protected = protected_files(ws.path)
+    scored = set(policy.protected) | set(task.hidden_tests)
+    sources = [str(p.relative_to(ws.path)) for p in sorted(ws.path.rglob("*.py"))
+               if str(p.relative_to(ws.path)) not in policy.protected and ".git" not in p.parts]
+    messages = prompts.patch_messages(ws.path, sources, policy.protected, None)
+    reply = backend.generate(messages, "patch", task.id, **({"seed": seed} if seed is not None else {}))
+    applied = apply_reply(ws, None, reply, "patch", policy)
+    if not applied.decision.accepted:
+        return Attempt(applied.decision, None, scored)
+    return Attempt(applied.decision, run_tests(ws.path, limits=limits, overlay=task.hidden_tests), scored)
+
+
 def task_set_score(backend, task_ids=DEFAULT_GATE_TASKS, limits: SandboxLimits | None = None) -> float:
     """Mean fraction of protected + hidden tests passed after one patch reply per task."""
     limits = limits or SandboxLimits.load()
@@ -37,14 +68,6 @@ def task_set_score(backend, task_ids=DEFAULT_GATE_TASKS, limits: SandboxLimits |
     with tempfile.TemporaryDirectory(prefix="rsi-score-") as tmp:
         for i, tid in enumerate(task_ids):
             task = seed_task() if tid == "seed" else humaneval_task(tid, Path(tmp) / "tasks")
-            ws = Workspace.create(task.source_dir, Path(tmp) / f"ws{i}")
-            policy = Policy.load()
-            policy.protected = protected_files(ws.path)
-            sources = [str(p.relative_to(ws.path)) for p in sorted(ws.path.rglob("*.py"))
-                       if str(p.relative_to(ws.path)) not in policy.protected and ".git" not in p.parts]
-            messages = prompts.patch_messages(ws.path, sources, policy.protected, None)
-            apply_reply(ws, None, backend.generate(messages, "patch", tid), "patch", policy)
-            result = run_tests(ws.path, limits=limits, overlay=task.hidden_tests)
-            passed, total = reward(result, set(policy.protected) | set(task.hidden_tests))
+            passed, total = attempt_task(backend, task, Path(tmp) / f"ws{i}", limits).reward()
             fractions.append(passed / total if total else 0.0)
     return sum(fractions) / len(fractions) if fractions else 0.0

@@ -17,11 +17,9 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from . import prompts
-from .policy import Policy, check_reply
-from .sandbox import SandboxLimits, run_tests
-from .tasks import humaneval_number, humaneval_problems, humaneval_split, humaneval_task, protected_files
-from .workspace import Workspace
+from .evaluation import attempt_task
+from .sandbox import SandboxLimits
+from .tasks import humaneval_number, humaneval_problems, humaneval_split, humaneval_task
 
 Z95 = 1.959963984540054
 
@@ -97,22 +95,14 @@ def evaluate_problem(backend, task_id: str, n: int, limits: SandboxLimits, tmp: 
     hidden = next(iter(task.hidden_tests))
     verdicts, correct, rejected = [], 0, 0
     for s in range(n):
-        ws = Workspace.create(task.source_dir, tmp / f"ws-{humaneval_number(task_id)}-{s}")
-        policy = Policy.load()
-        policy.protected = protected_files(ws.path)
-        messages = prompts.patch_messages(ws.path, ["example.py"], policy.protected, None)
-        reply = backend.generate(messages, "patch", task_id, **({"seed": seed_base + s} if n > 1 else {}))
-        decision = check_reply(reply, "patch", ws.path, policy)
-        if not decision.accepted:
+        attempt = attempt_task(backend, task, tmp / f"ws-{humaneval_number(task_id)}-{s}", limits,
+                               seed=seed_base + s if n > 1 else None)
+        if attempt.result is None:
             verdicts.append("rejected")
             rejected += 1
             continue
-        ws.apply(decision.edits, f"eval {task_id} sample {s}")
-        result = run_tests(ws.path, limits=limits, overlay=task.hidden_tests)
-        ok = result.verdict in ("pass", "fail") and any(
-            t["nodeid"].startswith(hidden + "::") and t["outcome"] == "passed" for t in result.tests)
-        verdicts.append(result.verdict)
-        correct += ok
+        verdicts.append(attempt.result.verdict)
+        correct += attempt.passed(hidden)
     return ProblemResult(task_id=task_id, n=n, correct=correct, verdicts=verdicts, rejected=rejected)
 
 
