@@ -432,6 +432,18 @@ def contamination_cmd(run_dir: Path, ngram: int) -> None:
     sys.exit(1 if hits else 0)
 
 
+@main.command("report")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def report_cmd(run_dir: Path) -> None:
+    """Write RUN_DIR/report.md and PNG plots (reward per iteration, training loss, adapter gate)."""
+    from .report import write_report
+    from .state import state_path
+
+    if not state_path(run_dir).exists():
+        _fail_infra(f"{run_dir} has no state.json")
+    click.echo(f"report: {write_report(run_dir)}")
+
+
 @main.command("status")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True)

@@ -196,3 +196,21 @@ def test_status_command(tmp_path, sandbox_image):
     data = json.loads(subprocess.run([sys.executable, "-m", "orchestrator.cli", "status", str(tmp_path / "run"),
                                       "--json"], capture_output=True, text=True, cwd=ROOT).stdout)
     assert data["audit_intact"] and data["samples"] == 2
+
+
+def test_report_from_a_run(tmp_path, sandbox_image):
+    from orchestrator.report import write_report
+
+    replies = write_replies(tmp_path / "r.jsonl", [patch(FIX_ADD), gen_reply(GOOD_TEST, "test_gen_a.py"),
+                                                   patch("def add(a, b):\n    return 0\n"),
+                                                   gen_reply(EMPTY_TEST, "test_gen_e.py"),
+                                                   patch(FIX_ALL), gen_reply(GOOD_TEST.replace("7", "9"), "test_gen_b.py")])
+    Loop(tmp_path / "run", config(max_retries=0, max_iterations=3, stop_when_solved=False),
+         ReplayBackend(replies), task=seed_task()).run()
+    out = subprocess.run([sys.executable, "-m", "orchestrator.cli", "report", str(tmp_path / "run")],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    text = (tmp_path / "run" / "report.md").read_text()
+    assert "audit log: intact" in text and "| 1 | 1 | fail | yes" in text and "| 2 | 0 |" in text
+    assert (tmp_path / "run" / "report_reward.png").stat().st_size > 5000
+    assert write_report(tmp_path / "run") == tmp_path / "run" / "report.md"

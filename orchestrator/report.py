@@ -1,0 +1,110 @@
+"""``rsi report RUN_DIR``: report.md and PNG plots from what a run recorded.
+
+Sources: state.json (per-iteration reward, best, plateau, timings, stop reason), the audit log
+(evaluation runs: passing tests; training bursts: losses; adapter decisions: scores) and the
+adapter registry. Nothing is recomputed; the report shows what the run decided and why.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .adapters import Registry
+from .audit import read_events, verify
+from .state import AgentState, state_path
+
+
+def _plots(run_dir: Path, state: AgentState, events: list[dict]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401
+
+    made = []
+    evals = [e for e in events if e.get("event") == "sandbox_run" and e.get("purpose") == "evaluation"]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    its = [r.iteration for r in state.history]
+    ax.step(its, [r.best_reward for r in state.history], where="post", label="best reward", color="tab:green")
+    ax.plot([r.iteration for r in state.history if r.reward is not None],
+            [r.reward for r in state.history if r.reward is not None], "o", label="reward of the patch",
+            color="tab:blue")
+    ax.plot([e.get("iteration", 0) for e in evals], [e.get("passed", 0) for e in evals], "x",
+            label="passing tests (all, incl. generated)", color="tab:gray")
+    ax.axhline(state.max_reward, ls=":", color="k", label=f"max reward ({state.max_reward})")
+    ax.set_xlabel("iteration (0 = baseline)")
+    ax.set_ylabel("tests")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_title(f"Reward per iteration - stop: {state.stop_reason or 'running'}", fontsize=9)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(run_dir / "report_reward.png", dpi=110)
+    plt.close(fig)
+    made.append("report_reward.png")
+
+    bursts = [e for e in events if e.get("event") == "adapter_trained"]
+    if bursts:
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        for e in bursts:
+            ax.plot(range(1, len(e["losses"]) + 1), e["losses"], label=f"{e['adapter']} (iteration {e['iteration']})")
+        ax.set_xlabel("logged step")
+        ax.set_ylabel("training loss")
+        ax.set_title("Training loss per burst", fontsize=9)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(run_dir / "report_loss.png", dpi=110)
+        plt.close(fig)
+        made.append("report_loss.png")
+
+    decisions = [e for e in events if e.get("event") == "adapter_decision"]
+    if decisions:
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        xs = range(len(decisions))
+        ax.bar([x - 0.2 for x in xs], [d["current_score"] for d in decisions], 0.4, label="current model")
+        ax.bar([x + 0.2 for x in xs], [d["score"] for d in decisions], 0.4, label="new adapter",
+               color=["tab:green" if d["promoted"] else "tab:red" for d in decisions])
+        ax.set_xticks(list(xs), [d["adapter"] for d in decisions])
+        ax.set_ylabel("gate score")
+        ax.set_title("Promotion gate (green: promoted, red: kept)", fontsize=9)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(run_dir / "report_adapters.png", dpi=110)
+        plt.close(fig)
+        made.append("report_adapters.png")
+    return made
+
+
+def write_report(run_dir: Path) -> Path:
+    run_dir = Path(run_dir)
+    state = AgentState.load(state_path(run_dir))
+    events = read_events(run_dir / "audit.jsonl")
+    check = verify(run_dir / "audit.jsonl")
+    plots = _plots(run_dir, state, events)
+    lines = [
+        f"# rsi-lab run {state.run_id}", "",
+        f"- task: `{state.task_id}`; backend `{state.backend}`, model `{state.model_id}`, "
+        f"adapter `{state.current_adapter or 'base'}`",
+        f"- iterations: {state.iteration}; best reward {state.best_reward}/{state.max_reward}; "
+        f"samples archived: {state.samples}",
+        f"- stop: **{state.stop_reason or 'not stopped (interrupted or running)'}**",
+        f"- audit log: {'intact' if check.ok else 'TAMPERED: ' + check.message} ({check.lines} lines)", "",
+        "| iteration | reward | verdict | improved | tests kept | samples | plateau | generation s | other s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in state.history:
+        gen = r.timings.get("generation", 0.0)
+        other = r.timings.get("wall", 0.0) - gen
+        lines.append(f"| {r.iteration} | {r.reward if r.reward is not None else '-'} | {r.verdict or '-'} | "
+                     f"{'yes' if r.improved else 'no'} | {r.tests_accepted} | {r.samples_added} | {r.plateau} | "
+                     f"{gen:.1f} | {other:.1f} |")
+    adapters = Registry(run_dir).list()
+    if adapters:
+        lines += ["", "## Adapters", "", "| id | parent | samples | score | decision |", "|---|---|---|---|---|"]
+        for m in adapters:
+            score = "-" if m.score is None else f"{m.score:.3f}"
+            lines.append(f"| {m.id} | {m.parent or 'base'} | {m.samples} | {score} | {m.decision} |")
+    lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    out = run_dir / "report.md"
+    out.write_text("\n".join(lines) + "\n")
+    return out
