@@ -15,6 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 Phase = Literal["patch", "tests"]
 MAX_CANDIDATES = 16  # positions tried when looking for a JSON object in prose
+MAX_DEPTH = 64       # deeper nesting is refused before json ever recurses into it
+_STRING = re.compile(r'"(?:\\.|[^"\\])*"')
+_BRACKET = re.compile(r"[\[\]{}]")
 _FENCE = re.compile(r"```(?:json|JSON)?[ \t]*\n(.*?)```", re.DOTALL)
 
 
@@ -83,6 +86,19 @@ def _loads(text: str):
         return None
 
 
+def too_deep(text: str, limit: int = MAX_DEPTH) -> bool:
+    """Linear scan of bracket depth outside JSON strings (a guard, not a parser)."""
+    depth = 0
+    for m in _BRACKET.finditer(_STRING.sub("", text)):
+        if m.group() in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth = max(0, depth - 1)
+    return False
+
+
 def extract_object(text: str) -> dict:
     """The reply's JSON object: the whole text, a fenced block, or the first object in prose."""
     stripped = text.strip()
@@ -120,6 +136,9 @@ def parse_reply(text: str, phase: Phase, max_bytes: int) -> PatchReply | TestsRe
     if len(text) > max_bytes or len(text.encode("utf-8", "surrogatepass")) > max_bytes:
         raise ReplyError([Rejection(stage="extract", code="too_large",
                                     detail=f"reply is larger than {max_bytes} bytes")])
+    if too_deep(text):
+        raise ReplyError([Rejection(stage="extract", code="too_deep",
+                                    detail=f"JSON nested deeper than {MAX_DEPTH} levels")])
     obj = extract_object(text)
     try:
         return SCHEMAS[phase].model_validate(obj)

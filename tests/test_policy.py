@@ -81,10 +81,14 @@ def test_oversized_reply_rejected_fast(ws, policy):
 
 def test_nesting_bomb_rejected(ws, policy):
     bomb = "[" * 100000 + "]" * 100000
+    start = time.perf_counter()
     d = check_reply('{"rationale": "r", "edits": ' + bomb + "}", "patch", ws, policy)
-    assert not d.accepted
-    d = check_reply("{" * 200000, "patch", ws, policy)
-    assert not d.accepted
+    assert codes(d) == ["too_deep"]
+    assert codes(check_reply("{" * 200000, "patch", ws, policy)) == ["too_deep"]
+    assert time.perf_counter() - start < 5
+    # brackets inside strings do not count
+    ok = json.dumps({"rationale": "[[[[" * 100, "edits": [{"path": "a.py", "content": "x = '{{{{'\n"}]})
+    assert check_reply(ok, "patch", ws, policy).accepted
 
 
 def test_non_utf8_bytes_rejected(ws, policy):
