@@ -77,16 +77,18 @@ def images_build(base_image: str | None, trainer_variant: str, trainer_base_imag
         client = connect()
     except InfraError as exc:
         _fail_infra(str(exc))
-    tag = build_sandbox_image(client, base_image=base_image, force=force)
-    click.echo(f"sandbox image ready: {tag}")
-    if trainer_variant != "none":
-        if trainer_variant == "gpu" and not trainer_base_image:
-            trainer_base_image = "nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04"
-        try:
+    import docker as docker_sdk
+
+    try:
+        tag = build_sandbox_image(client, base_image=base_image, force=force)
+        click.echo(f"sandbox image ready: {tag}")
+        if trainer_variant != "none":
+            if trainer_variant == "gpu" and not trainer_base_image:
+                trainer_base_image = "nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04"
             tag = build_trainer_image(client, trainer_variant, base_image=trainer_base_image, force=force)
-        except RuntimeError as exc:
-            _fail_infra(str(exc))
-        click.echo(f"trainer image ready: {tag}")
+            click.echo(f"trainer image ready: {tag}")
+    except (RuntimeError, docker_sdk.errors.BuildError, docker_sdk.errors.APIError) as exc:
+        _fail_infra(f"image build failed: {exc}")
 
 
 @main.command("schema")

@@ -122,10 +122,6 @@ def build_sandbox_image(client=None, tag: str = "rsi-sandbox:latest", base_image
     return tag
 
 
-def _has_gpu_stack(client) -> bool:
-    return "nvidia" in (client.info().get("Runtimes") or {})
-
-
 def build_trainer_image(client=None, variant: str = "cpu", tag: str | None = None, base_image: str | None = None,
                         force: bool = False) -> str:
     """Build the trainer image from the host-built wheelhouse (``make trainer-wheels``)."""

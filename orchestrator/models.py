@@ -9,10 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-DEFAULT_GPU_MODEL = "unsloth/gpt-oss-20b"   # about 14 GB of VRAM for LoRA (Unsloth's figure)
-LARGE_GPU_MODEL = "unsloth/gpt-oss-120b"    # about 65 GB
-
-
 class ModelUnavailable(RuntimeError):
     pass
 

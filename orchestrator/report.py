@@ -14,6 +14,17 @@ from .audit import read_events, verify
 from .state import AgentState, state_path
 
 
+def _save(fig, ax, run_dir: Path, name: str, title: str, made: list[str]) -> None:
+    import matplotlib.pyplot as plt
+
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(run_dir / name, dpi=110)
+    plt.close(fig)
+    made.append(name)
+
+
 def _plots(run_dir: Path, state: AgentState, events: list[dict]) -> list[str]:
     import matplotlib
 
@@ -36,12 +47,8 @@ def _plots(run_dir: Path, state: AgentState, events: list[dict]) -> list[str]:
     ax.set_ylabel("tests")
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    ax.set_title(f"Reward per iteration - stop: {state.stop_reason or 'running'}", fontsize=9)
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    fig.savefig(run_dir / "report_reward.png", dpi=110)
-    plt.close(fig)
-    made.append("report_reward.png")
+    _save(fig, ax, run_dir, "report_reward.png", f"Reward per iteration - stop: {state.stop_reason or 'running'}",
+          made)
 
     bursts = [e for e in events if e.get("event") == "adapter_trained"]
     if bursts:
@@ -50,12 +57,7 @@ def _plots(run_dir: Path, state: AgentState, events: list[dict]) -> list[str]:
             ax.plot(range(1, len(e["losses"]) + 1), e["losses"], label=f"{e['adapter']} (iteration {e['iteration']})")
         ax.set_xlabel("logged step")
         ax.set_ylabel("training loss")
-        ax.set_title("Training loss per burst", fontsize=9)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(run_dir / "report_loss.png", dpi=110)
-        plt.close(fig)
-        made.append("report_loss.png")
+        _save(fig, ax, run_dir, "report_loss.png", "Training loss per burst", made)
 
     decisions = [e for e in events if e.get("event") == "adapter_decision"]
     if decisions:
@@ -66,12 +68,7 @@ def _plots(run_dir: Path, state: AgentState, events: list[dict]) -> list[str]:
                color=["tab:green" if d["promoted"] else "tab:red" for d in decisions])
         ax.set_xticks(list(xs), [d["adapter"] for d in decisions])
         ax.set_ylabel("gate score")
-        ax.set_title("Promotion gate (green: promoted, red: kept)", fontsize=9)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(run_dir / "report_adapters.png", dpi=110)
-        plt.close(fig)
-        made.append("report_adapters.png")
+        _save(fig, ax, run_dir, "report_adapters.png", "Promotion gate (green: promoted, red: kept)", made)
     return made
 
 
