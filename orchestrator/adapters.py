@@ -2,8 +2,8 @@
 
 Each adapter directory holds the PEFT files, the trainer's ``metrics.json`` and ``meta.json``
 (parent adapter, base model, config, data digest, sample count, score, decision). Training
-never changes what is current; ``decide`` promotes a new adapter only when its score is not
-worse than the current one's beyond ``noise`` (otherwise it is kept, not promoted).
+never changes what is current; ``record_decision`` stores the gate's verdict (gate.py) and
+promotes the adapter when the gate says so (otherwise it is kept, not promoted).
 ``rollback`` returns to the adapter that was current before the last promotion.
 """
 
@@ -34,6 +34,7 @@ class AdapterMeta(BaseModel):
     parent_score: float | None = None
     promoted: bool = False
     decision: str = ""
+    comparison: dict = Field(default_factory=dict)  # the gate's paired comparison (gate.compare)
     created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
 
@@ -89,17 +90,16 @@ class Registry:
     def _write_meta(self, meta: AdapterMeta) -> None:
         atomic_write(self.path(meta.id) / "meta.json", meta.model_dump_json(indent=2).encode())
 
-    def decide(self, adapter_id: str, score: float, current_score: float, noise: float) -> AdapterMeta:
-        """The promotion gate: promote when ``score >= current_score - noise``."""
+    def record_decision(self, adapter_id: str, promote: bool, decision: str, score: float,
+                        parent_score: float, comparison: dict | None = None) -> AdapterMeta:
+        """Write the gate's verdict into the adapter's meta and promote it when the gate says so."""
         meta = self.meta(adapter_id)
-        meta.score, meta.parent_score = score, current_score
-        if score >= current_score - noise:
-            meta.decision = f"promoted: score {score:.3f} vs {current_score:.3f} (noise {noise:.3f})"
+        meta.score, meta.parent_score, meta.decision = score, parent_score, decision
+        meta.comparison = comparison or {}
+        if promote:
             self._write_meta(meta)
             self.promote(adapter_id)
             meta.promoted = True
-        else:
-            meta.decision = f"kept, not promoted: score {score:.3f} < {current_score:.3f} - noise {noise:.3f}"
         self._write_meta(meta)
         return meta
 

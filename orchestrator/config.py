@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -31,10 +32,23 @@ class ModelSection(BaseModel):
     openai_api_key_env: str = "OPENAI_API_KEY"
 
 
+class GateSection(BaseModel):
+    """The promotion gate and the training plateau (see orchestrator/gate.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+    split: Literal["heldout", "train", "all"] = "heldout"
+    tasks: list[str] = Field(default_factory=list)  # HumanEval ids; empty: the whole split
+    noise: float = Field(0.0, ge=-1, le=1)           # promote when new - current >= -noise (paired mean)
+    require_significant: bool = False                # promote only when the difference's CI is above 0
+    improvement_margin: float = Field(0.0, ge=0, le=1)  # a burst improves only beyond max(margin, CI half-width)
+    patience: int = Field(0, ge=0)                   # stop after this many bursts without improvement (0 = never)
+
+
 class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     run: RunSection = RunSection()
     model: ModelSection = ModelSection()
+    gate: GateSection = GateSection()
 
     @classmethod
     def load(cls, path: Path | None = None, **overrides) -> "RunConfig":

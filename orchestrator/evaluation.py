@@ -1,24 +1,21 @@
-"""Scores for comparing models: the reward rule, and a fixed-task-set score for the adapter gate.
+"""The reward rule, and one graded attempt at a task (shared by held-out evaluation and the gate).
 
-Until held-out pass@1 lands (the evaluation issue), an adapter is judged by the protected +
-hidden test reward on a fixed task set: each task gets one patch reply through the same
-protocol as the loop (schema, policy, workspace), graded in the sandbox.
+An attempt is one patch reply on a fresh copy of the task, through the same protocol as the
+loop (schema, policy, workspace), graded in the sandbox with the task's hidden tests.
 """
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 from . import prompts
 from .policy import Policy
 from .protocol import apply_reply
 from .sandbox import SandboxLimits, SandboxResult, run_tests
-from .tasks import humaneval_task, protected_files, seed_task
+from .tasks import protected_files
 from .workspace import Workspace
 
 SCORING_VERDICTS = ("pass", "fail")
-DEFAULT_GATE_TASKS = ("seed", "HumanEval/2", "HumanEval/4", "HumanEval/7")
 
 
 def reward(result: SandboxResult, scored_files: set[str]) -> tuple[int, int]:
@@ -59,15 +56,3 @@ def attempt_task(backend, task, ws_dir: Path, limits: SandboxLimits, seed: int |
     if not applied.decision.accepted:
         return Attempt(applied.decision, None, scored)
     return Attempt(applied.decision, run_tests(ws.path, limits=limits, overlay=task.hidden_tests), scored)
-
-
-def task_set_score(backend, task_ids=DEFAULT_GATE_TASKS, limits: SandboxLimits | None = None) -> float:
-    """Mean fraction of protected + hidden tests passed after one patch reply per task."""
-    limits = limits or SandboxLimits.load()
-    fractions = []
-    with tempfile.TemporaryDirectory(prefix="rsi-score-") as tmp:
-        for i, tid in enumerate(task_ids):
-            task = seed_task() if tid == "seed" else humaneval_task(tid, Path(tmp) / "tasks")
-            passed, total = attempt_task(backend, task, Path(tmp) / f"ws{i}", limits).reward()
-            fractions.append(passed / total if total else 0.0)
-    return sum(fractions) / len(fractions) if fractions else 0.0

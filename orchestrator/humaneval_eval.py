@@ -30,6 +30,7 @@ class ProblemResult(BaseModel):
     correct: int
     verdicts: list[str]
     rejected: int = 0  # replies refused by schema or policy (counted as incorrect)
+    reasons: list[str] = []  # why each refused reply was refused (its first reason)
 
 
 def task_ids(split: str = "heldout", only: list[str] | None = None) -> list[str]:
@@ -93,17 +94,19 @@ def evaluate_problem(backend, task_id: str, n: int, limits: SandboxLimits, tmp: 
                      seed_base: int = 0) -> ProblemResult:
     task = humaneval_task(task_id, tmp / "tasks")
     hidden = next(iter(task.hidden_tests))
-    verdicts, correct, rejected = [], 0, 0
+    verdicts, correct, rejected, reasons = [], 0, 0, []
     for s in range(n):
         attempt = attempt_task(backend, task, tmp / f"ws-{humaneval_number(task_id)}-{s}", limits,
                                seed=seed_base + s if n > 1 else None)
         if attempt.result is None:
             verdicts.append("rejected")
             rejected += 1
+            reasons.append(str(attempt.decision.reasons[0])[:200] if attempt.decision.reasons else "")
             continue
         verdicts.append(attempt.result.verdict)
         correct += attempt.passed(hidden)
-    return ProblemResult(task_id=task_id, n=n, correct=correct, verdicts=verdicts, rejected=rejected)
+    return ProblemResult(task_id=task_id, n=n, correct=correct, verdicts=verdicts, rejected=rejected,
+                         reasons=reasons)
 
 
 def evaluate(backend, ids: list[str], n: int = 1, limits: SandboxLimits | None = None, seed_base: int = 0,

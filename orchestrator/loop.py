@@ -299,13 +299,13 @@ class Loop:
         with self._timed(rec.timings, "wall"):
             self._tests(rec)
         s.step = "patch"
-        s.stop_reason = stop_reason(s.iteration, self.config.run.max_iterations, s.plateau,
-                                    self.config.run.plateau_patience, s.best_reward, s.max_reward,
-                                    self.config.run.stop_when_solved)
+        s.stop_reason = self._stop_reason()
         if s.stop_reason is None:
             if self.config.run.train_every and s.iteration % self.config.run.train_every == 0:
                 self.train_hook(self)
-            s.iteration += 1
+                s.stop_reason = self._stop_reason()  # the burst may end a training plateau
+            if s.stop_reason is None:
+                s.iteration += 1
         self._save()
 
     def _tests(self, rec) -> None:
@@ -331,6 +331,12 @@ class Loop:
             rec.notes.append("no acceptable test reply")
             self._progress("tests", "no test kept")
 
+    def _stop_reason(self, iteration: int | None = None) -> str | None:
+        s, r = self.state, self.config.run
+        return stop_reason(s.iteration if iteration is None else iteration, r.max_iterations,
+                           s.plateau if iteration is None else 0, r.plateau_patience, s.best_reward, s.max_reward,
+                           r.stop_when_solved, s.train_plateau, self.config.gate.patience)
+
     # ----- driver -----
     def run(self) -> AgentState:
         s = self.state
@@ -339,9 +345,7 @@ class Loop:
                 if s.step == "baseline":
                     self.step_baseline()
                     self._save()
-                    s.stop_reason = stop_reason(0, self.config.run.max_iterations, 0,
-                                                self.config.run.plateau_patience, s.best_reward, s.max_reward,
-                                                self.config.run.stop_when_solved)
+                    s.stop_reason = self._stop_reason(iteration=0)
                 elif s.step == "patch":
                     self.step_patch()
                 elif s.step == "tests":

@@ -1,8 +1,8 @@
 """``rsi report RUN_DIR``: report.md and PNG plots from what a run recorded.
 
 Sources: state.json (per-iteration reward, best, plateau, timings, stop reason), the audit log
-(evaluation runs: passing tests; training bursts: losses; adapter decisions: scores) and the
-adapter registry. Nothing is recomputed; the report shows what the run decided and why.
+(evaluation runs: passing tests; training bursts: losses) and the adapter registry (the gate's
+paired comparisons, cached held-out results per model). Nothing is recomputed; the report shows what the run decided and why.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .adapters import Registry
+from .gate import cached_summaries
 from .audit import read_events, verify
 from .state import AgentState, state_path
 
@@ -59,16 +60,22 @@ def _plots(run_dir: Path, state: AgentState, events: list[dict]) -> list[str]:
         ax.set_ylabel("training loss")
         _save(fig, ax, run_dir, "report_loss.png", "Training loss per burst", made)
 
-    decisions = [e for e in events if e.get("event") == "adapter_decision"]
-    if decisions:
+    heldout = cached_summaries(Registry(run_dir))
+    if heldout:
+        promoted = {m.id: m.promoted for m in Registry(run_dir).list()}
         fig, ax = plt.subplots(figsize=(7, 3.5))
-        xs = range(len(decisions))
-        ax.bar([x - 0.2 for x in xs], [d["current_score"] for d in decisions], 0.4, label="current model")
-        ax.bar([x + 0.2 for x in xs], [d["score"] for d in decisions], 0.4, label="new adapter",
-               color=["tab:green" if d["promoted"] else "tab:red" for d in decisions])
-        ax.set_xticks(list(xs), [d["adapter"] for d in decisions])
-        ax.set_ylabel("gate score")
-        _save(fig, ax, run_dir, "report_adapters.png", "Promotion gate (green: promoted, red: kept)", made)
+        for x, (model, s) in enumerate(heldout):
+            lo, hi = s["ci95"]
+            color = "tab:blue" if model == "base" else ("tab:green" if promoted.get(model) else "tab:red")
+            ax.errorbar([x], [s["pass@1"]], yerr=[[s["pass@1"] - lo], [hi - s["pass@1"]]], fmt="o", capsize=5,
+                        color=color, label=None)
+        ax.set_xticks(range(len(heldout)), [m for m, _ in heldout])
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_ylabel("pass@1 (95% CI)")
+        ax.plot([], [], "o", color="tab:green", label="promoted")
+        ax.plot([], [], "o", color="tab:red", label="kept, not promoted")
+        problems = heldout[0][1]["problems"]
+        _save(fig, ax, run_dir, "report_heldout.png", f"Held-out pass@1 per model ({problems} problems)", made)
     return made
 
 
@@ -97,10 +104,23 @@ def write_report(run_dir: Path) -> Path:
                      f"{gen:.1f} | {other:.1f} |")
     adapters = Registry(run_dir).list()
     if adapters:
-        lines += ["", "## Adapters", "", "| id | parent | samples | score | decision |", "|---|---|---|---|---|"]
+        lines += ["", "## Adapters (the promotion gate)", "",
+                  "| id | parent | samples | pass@1 | parent pass@1 | difference (95% CI) | decision |",
+                  "|---|---|---|---|---|---|---|"]
         for m in adapters:
+            c = m.comparison
+            diff = (f"{c['difference']:+.3f} ({c['ci95'][0]:+.3f} to {c['ci95'][1]:+.3f})" if c else "-")
             score = "-" if m.score is None else f"{m.score:.3f}"
-            lines.append(f"| {m.id} | {m.parent or 'base'} | {m.samples} | {score} | {m.decision} |")
+            parent = "-" if m.parent_score is None else f"{m.parent_score:.3f}"
+            lines.append(f"| {m.id} | {m.parent or 'base'} | {m.samples} | {score} | {parent} | {diff} | "
+                         f"{m.decision.split(':', 1)[0] or '-'} |")
+    heldout = cached_summaries(Registry(run_dir))
+    if heldout:
+        lines += ["", "## Held-out pass@1 per model", "", "| model | problems | pass@1 | 95% CI |", "|---|---|---|---|"]
+        for model, s in heldout:
+            lines.append(f"| {model} | {s['problems']} | {s['pass@1']:.3f} | {s['ci95'][0]:.3f}-{s['ci95'][1]:.3f} |")
+    if state.train_plateau:
+        lines += ["", f"Training bursts in a row without a held-out improvement beyond noise: {state.train_plateau}."]
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     out = run_dir / "report.md"
     out.write_text("\n".join(lines) + "\n")

@@ -41,6 +41,7 @@ class AgentState(BaseModel):
     generated_tests: list[str] = Field(default_factory=list)
     protected: dict[str, str] = Field(default_factory=dict)
     current_adapter: str | None = None
+    train_plateau: int = 0       # training bursts in a row without a held-out improvement beyond noise
     backend_snapshot: dict = Field(default_factory=dict)
     last_result: dict | None = None  # the last evaluation, shown in the next patch prompt
     samples: int = 0

@@ -1,55 +1,90 @@
-"""The loop's training burst: archive -> trainer container -> registry -> gate -> switch.
+"""A training burst: samples -> trainer container -> registry -> held-out gate -> switch.
 
-Every ``train_every`` iterations the loop calls the hook: it trains on all samples so far,
-registers the adapter, scores the current model and the new adapter on the fixed task set,
-and promotes the adapter only if it is not worse beyond the noise margin. The ``local``
-backend then switches to whatever is current, without restarting the run.
+``burst`` trains on all samples so far, registers the adapter, scores the current model and the
+new adapter on the same gate problems (gate.py: paired, held-out by default), records the
+verdict and leaves the backend on whatever is current. ``TrainHook`` calls it from the loop every
+``train_every`` iterations and counts bursts without a held-out improvement beyond noise (the
+training plateau); the experiment in bench/ calls it between rounds.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
+from . import gate
 from .adapters import Registry
-from .evaluation import DEFAULT_GATE_TASKS, task_set_score
+from .config import GateSection
+from .sandbox import SandboxLimits
 from .trainer import TrainerInputError, run_training
 from .trainer_runner.config import TrainConfig
 
 
+@dataclass
+class BurstResult:
+    adapter: str | None = None  # the new adapter, None when nothing was trained
+    promoted: bool = False
+    improved: bool = False      # promoted and better beyond noise (plateau.beyond_noise)
+    comparison: dict | None = None
+    reason: str = ""
+
+
+def burst(run_dir: Path, samples: Path, n_samples: int, backend, audit, model_dir: Path, config: TrainConfig,
+          gate_cfg: GateSection, limits: SandboxLimits, gpu: bool = False, iteration: int = 0,
+          say=print) -> BurstResult:
+    registry = Registry(run_dir)
+    if n_samples < config.min_samples:
+        reason = f"fewer than {config.min_samples} samples ({n_samples})"
+        audit.append("training_skipped", iteration=iteration, samples=n_samples, reason=reason)
+        return BurstResult(reason=reason)
+    say(f"training on {n_samples} samples ...")
+    staging = registry.staging_dir()
+    try:
+        metrics = run_training(samples, staging, config, model_dir, gpu=gpu,
+                               on_log=lambda lines: audit.append("trainer_log", lines=lines[-60:]))
+    except TrainerInputError as exc:
+        audit.append("training_refused", iteration=iteration, reason=str(exc))
+        return BurstResult(reason=str(exc))
+    meta = registry.register(staging, config.base_model, config.model_dump(), metrics)
+    audit.append("adapter_trained", iteration=iteration, adapter=meta.id, parent=meta.parent,
+                 losses=metrics["losses"], samples=meta.samples, data_sha256=meta.data_sha256)
+
+    ids = gate.gate_ids(gate_cfg)
+    previous = backend.adapter_id
+
+    def progress(r):
+        say(f"gate {backend.adapter_id or 'base'} {r.task_id}: {r.correct}/{r.n} {r.verdicts[0]}")
+
+    say(f"gate: {len(ids)} {gate_cfg.split} problems, current model ({previous or 'base'}) then {meta.id}")
+    current = gate.model_results(backend, registry, ids, limits, on_problem=progress)
+    backend.load_adapter(registry.path(meta.id), meta.id)
+    new = gate.model_results(backend, registry, ids, limits, on_problem=progress)
+    comparison = gate.compare(current, new)
+    promote, improved, decision = gate.decide(comparison, gate_cfg)
+    meta = registry.record_decision(meta.id, promote, decision, comparison["new"]["pass@1"],
+                                    comparison["current"]["pass@1"], comparison)
+    if not meta.promoted:
+        backend.load_adapter(registry.path(previous) if previous else None, previous)
+    audit.append("adapter_decision", iteration=iteration, adapter=meta.id, promoted=meta.promoted,
+                 improved=improved, score=comparison["new"]["pass@1"], current_score=comparison["current"]["pass@1"],
+                 difference=comparison["difference"], ci95=comparison["ci95"], problems=comparison["problems"],
+                 decision=decision)
+    say(f"adapter {meta.id}: {decision}")
+    return BurstResult(meta.id, meta.promoted, improved, comparison, decision)
+
+
 class TrainHook:
-    def __init__(self, model_dir: Path, config: TrainConfig | None = None, gpu: bool = False,
-                 gate_tasks=DEFAULT_GATE_TASKS, noise: float = 0.1):
+    """The loop's training step (every ``train_every`` iterations; local backend), gated by the run
+    config's [gate] section."""
+
+    def __init__(self, model_dir: Path, config: TrainConfig | None = None, gpu: bool = False):
         self.model_dir, self.config, self.gpu = Path(model_dir), config or TrainConfig(), gpu
-        self.gate_tasks, self.noise = tuple(gate_tasks), noise
 
     def __call__(self, loop) -> None:
-        registry = Registry(loop.run_dir)
-        samples = loop.run_dir / "samples.jsonl"
-        if len(loop.archive) < self.config.min_samples:
-            loop.audit.append("training_skipped", iteration=loop.state.iteration, samples=len(loop.archive),
-                              reason=f"fewer than {self.config.min_samples} samples")
+        result = burst(loop.run_dir, loop.run_dir / "samples.jsonl", len(loop.archive), loop.backend, loop.audit,
+                       self.model_dir, self.config, loop.config.gate, loop.limits, self.gpu,
+                       loop.state.iteration, say=loop.console.print)
+        if result.adapter is None:
             return
-        loop.console.print(f"training on {len(loop.archive)} samples ...")
-        staging = registry.staging_dir()
-        try:
-            metrics = run_training(samples, staging, self.config, self.model_dir, gpu=self.gpu,
-                                   on_log=lambda lines: loop.audit.append("trainer_log", lines=lines[-60:]))
-        except TrainerInputError as exc:
-            loop.audit.append("training_refused", iteration=loop.state.iteration, reason=str(exc))
-            return
-        meta = registry.register(staging, self.config.base_model, self.config.model_dump(), metrics)
-        loop.audit.append("adapter_trained", iteration=loop.state.iteration, adapter=meta.id, parent=meta.parent,
-                          losses=metrics["losses"], samples=meta.samples, data_sha256=meta.data_sha256)
-        backend = loop.backend
-        previous = backend.adapter_id
-        current_score = task_set_score(backend, self.gate_tasks, loop.limits)
-        backend.load_adapter(registry.path(meta.id), meta.id)
-        new_score = task_set_score(backend, self.gate_tasks, loop.limits)
-        meta = registry.decide(meta.id, new_score, current_score, self.noise)
-        if not meta.promoted:
-            backend.load_adapter(registry.path(previous) if previous else None, previous)
-        loop.state.current_adapter = backend.adapter_id
-        loop.audit.append("adapter_decision", iteration=loop.state.iteration, adapter=meta.id,
-                          promoted=meta.promoted, score=new_score, current_score=current_score,
-                          decision=meta.decision)
-        loop.console.print(f"adapter {meta.id}: {meta.decision}")
+        loop.state.current_adapter = loop.backend.adapter_id
+        loop.state.train_plateau = 0 if result.improved else loop.state.train_plateau + 1

@@ -214,3 +214,32 @@ def test_report_from_a_run(tmp_path, sandbox_image):
     assert "audit log: intact" in text and "| 1 | 1 | fail | yes" in text and "| 2 | 0 |" in text
     assert (tmp_path / "run" / "report_reward.png").stat().st_size > 5000
     assert write_report(tmp_path / "run") == tmp_path / "run" / "report.md"
+
+    # with adapters: held-out pass@1 per model with intervals, and the gate's paired differences
+    from orchestrator import gate
+    from orchestrator.adapters import Registry
+    from orchestrator.config import GateSection
+    from orchestrator.humaneval_eval import ProblemResult
+    from tests.test_trainer import fake_adapter
+
+    reg = Registry(tmp_path / "run")
+    ids = gate.gate_ids(GateSection())
+    solved = {"base": 2, "v0001": 12, "v0002": 1}
+    for model, k in solved.items():
+        path = gate.results_file(reg, None if model == "base" else model)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rows = [ProblemResult(task_id=t, n=1, correct=int(i < k), verdicts=["pass"]) for i, t in enumerate(ids)]
+        path.write_text(json.dumps({"model": "m", "adapter": model, "tasks": ids}) + "\n"
+                        + "".join(r.model_dump_json() + "\n" for r in rows))
+    for model, parent in (("v0001", "base"), ("v0002", "v0001")):
+        reg.register(fake_adapter(tmp_path / f"t-{model}"), "m", {}, {"samples": 3})
+        load = lambda m: gate.load_results(gate.results_file(reg, None if m == "base" else m), "m", ids)  # noqa: E731
+        c = gate.compare(load(parent), load(model))
+        promote, _, why = gate.decide(c, GateSection())
+        reg.record_decision(model, promote, why, c["new"]["pass@1"], c["current"]["pass@1"], c)
+    write_report(tmp_path / "run")
+    text = (tmp_path / "run" / "report.md").read_text()
+    assert "| v0001 | base | 3 | 0.364 | 0.061 | +0.303" in text and "| promoted |" in text
+    assert "| v0002 | v0001 | 3 | 0.030 | 0.364 | -0.333" in text and "| kept, not promoted |" in text
+    assert "| base | 33 | 0.061 |" in text and "| v0001 | 33 | 0.364 |" in text
+    assert (tmp_path / "run" / "report_heldout.png").stat().st_size > 5000

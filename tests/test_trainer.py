@@ -91,13 +91,14 @@ def test_registry_gate_promote_and_rollback(tmp_path):
     assert reg.current() is None
     m1 = reg.register(fake_adapter(tmp_path / "t1"), "base", {}, {"samples": 3, "data_sha256": "a"})
     assert m1.id == "v0001" and m1.parent is None and reg.current() is None  # registered, not promoted
-    assert reg.decide("v0001", score=0.5, current_score=0.5, noise=0.05).promoted
+    assert reg.record_decision("v0001", True, "promoted: test", 0.5, 0.5).promoted
     assert reg.current() == "v0001"
     m2 = reg.register(fake_adapter(tmp_path / "t2"), "base", {}, {"samples": 5})
     assert m2.parent == "v0001"
-    worse = reg.decide("v0002", score=0.2, current_score=0.5, noise=0.05)
-    assert not worse.promoted and "not promoted" in worse.decision and reg.current() == "v0001"
-    assert reg.decide("v0002", score=0.47, current_score=0.5, noise=0.05).promoted  # within noise
+    worse = reg.record_decision("v0002", False, "kept, not promoted: test", 0.2, 0.5, {"difference": -0.3})
+    assert not worse.promoted and reg.current() == "v0001"
+    assert reg.meta("v0002").comparison == {"difference": -0.3} and reg.meta("v0002").score == 0.2
+    assert reg.record_decision("v0002", True, "promoted: test", 0.47, 0.5).promoted
     assert reg.current() == "v0002"
     assert reg.rollback() == "v0001" and reg.current() == "v0001"
     assert reg.rollback() is None  # back to the base model

@@ -5,7 +5,7 @@ import pytest
 from orchestrator.adapters import Registry
 from orchestrator.audit import read_events, verify
 from orchestrator.backends import LocalBackend
-from orchestrator.config import RunConfig
+from orchestrator.config import GateSection, RunConfig
 from orchestrator.embedded_model import MODEL_ID, ensure_converted
 from orchestrator.loop import Loop
 from orchestrator.tasks import seed_task
@@ -25,7 +25,9 @@ def test_burst_trains_gates_switches_and_survives_resume(tmp_path, sandbox_image
     cfg = RunConfig.load()
     cfg.run.train_every = 1
     backend = LocalBackend(model_dir, MODEL_ID, max_new_tokens=96)
-    hook = TrainHook(model_dir, SMALL, gate_tasks=("seed",), noise=1.0)  # noise 1.0: any score is promoted
+    gate_cfg = GateSection(tasks=["HumanEval/5"], noise=1.0, patience=2)  # noise 1.0: any adapter is promoted
+    cfg.gate = gate_cfg
+    hook = TrainHook(model_dir, SMALL)
     run = tmp_path / "run"
     loop = Loop(run, cfg, backend, task=seed_task(), train_hook=hook)
     for i in range(4):
@@ -33,16 +35,25 @@ def test_burst_trains_gates_switches_and_survives_resume(tmp_path, sandbox_image
     hook(loop)
     reg = Registry(run)
     assert reg.current() == "v0001" and backend.adapter_id == "v0001" and loop.state.current_adapter == "v0001"
+    heldout = run / "adapters" / "heldout"
+    assert sorted(p.name for p in heldout.iterdir()) == ["base.jsonl", "v0001.jsonl"]
+    cached = (heldout / "v0001.jsonl").read_text()
+    # SmolLM2 with 96 tokens solves nothing either way: a tie is no improvement beyond noise
+    assert loop.state.train_plateau == 1 and loop._stop_reason() is None
 
-    hook.noise = -1.0  # demands a score 1.0 above the current one: never met, so kept but not promoted
+    gate_cfg.noise = -1.0  # demands a difference of +1.0: never met, so kept but not promoted
     loop.archive.add(sample(9)["messages"], {"test": 9})
     hook(loop)
     assert reg.current() == "v0001" and backend.adapter_id == "v0001"
+    assert (heldout / "v0001.jsonl").read_text() == cached  # the current model was not asked again
     metas = {m.id: m for m in reg.list()}
     assert metas["v0002"].parent == "v0001" and not metas["v0002"].promoted and metas["v0002"].samples == 5
+    assert metas["v0002"].comparison["problems"] == 1 and "paired difference" in metas["v0002"].decision
     events = [e for e in read_events(run / "audit.jsonl") if e["event"] == "adapter_decision"]
     assert [e["promoted"] for e in events] == [True, False]
+    assert all("ci95" in e and "difference" in e for e in events)
     assert verify(run / "audit.jsonl").ok
+    assert loop.state.train_plateau == 2 and loop._stop_reason().startswith("plateau: 2 training bursts")
 
     loop._save()
     resumed = Loop(run, cfg, LocalBackend(model_dir, MODEL_ID, max_new_tokens=96), train_hook=hook)
