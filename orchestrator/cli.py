@@ -361,63 +361,153 @@ def adapters_rollback(run_dir: Path) -> None:
 
 
 @main.command("eval")
-@click.option("--suite", default="humaneval", type=click.Choice(["humaneval"]), show_default=True)
+@click.option("--suite", default="humaneval", show_default=True,
+              help="humaneval, or lm-eval:TASK (lm-evaluation-harness, e.g. lm-eval:gsm8k_cot_llama, lm-eval:gsm_plus).")
 @click.option("--split", default="heldout", type=click.Choice(["train", "heldout", "all"]), show_default=True)
 @click.option("--tasks", "only", default=None, help="Comma-separated HumanEval ids or numbers.")
 @click.option("--backend", default="local", type=click.Choice(["local", "openai", "replay"]), show_default=True)
 @click.option("--replies", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--adapter", default=None, help="Adapter id from --run-dir's registry, or 'none' for the base model.")
+@click.option("--baseline", default=None,
+              help="Also evaluate this adapter id (or 'none': the base model) on the same problems and report "
+                   "the paired difference with its 95% interval.")
 @click.option("--run-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None)
 @click.option("--samples", "n", type=int, default=1, show_default=True, help="Samples per problem (N > 1 samples).")
 @click.option("--k", type=int, default=1, show_default=True, help="Report pass@k (k <= N).")
 @click.option("--seeds", type=int, default=1, show_default=True, help="Repeat with K seeds; reports the spread.")
+@click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="lm-eval: a local JSON/JSONL file with the task's documents (no hub access at run time).")
+@click.option("--limit", type=int, default=None, help="lm-eval: evaluate the first N documents only.")
+@click.option("--max-gen-toks", type=int, default=None, help="lm-eval: cap on generated tokens per document.")
+@click.option("--num-fewshot", type=int, default=None, help="lm-eval: override the task's few-shot count.")
+@click.option("--chat-template/--no-chat-template", default=True, show_default=True,
+              help="lm-eval: apply the model's chat template (few-shot as multi-turn).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Directory for per-problem results (default: runs/eval-<time>).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
-def eval_cmd(suite, split, only, backend, replies, adapter, run_dir, n, k, seeds, out, as_json) -> None:
-    """pass@k of a model on HumanEval problems, graded by their hidden tests in the sandbox."""
+def eval_cmd(suite, split, only, backend, replies, adapter, baseline, run_dir, n, k, seeds, data, limit,
+             max_gen_toks, num_fewshot, chat_template, out, as_json) -> None:
+    """pass@k on HumanEval problems graded by their hidden tests in the sandbox, or an lm-eval task."""
+    out = out or Path("runs") / f"eval-{time.strftime('%Y%m%d-%H%M%S')}"
+    if (adapter not in (None, "none") or baseline not in (None, "none")) and run_dir is None:
+        raise click.UsageError("--adapter and --baseline take adapter ids from --run-dir's registry")
+    if suite.startswith("lm-eval:"):
+        if baseline is not None:
+            raise click.UsageError("lm-eval suites always run the base model; with --adapter they add it and "
+                                   "report the paired difference (no --baseline)")
+        summary = _lm_eval(suite.split(":", 1)[1], adapter, run_dir, data, limit, max_gen_toks,
+                           num_fewshot, chat_template, out)
+    elif suite == "humaneval":
+        summary = _humaneval(split, only, backend, replies, adapter, baseline, run_dir, n, k, seeds, out)
+    else:
+        raise click.UsageError(f"unknown suite {suite!r}: humaneval or lm-eval:TASK")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    click.echo(json.dumps(summary) if as_json else summary.pop("_line") + f"; results in {out}")
+
+
+def _adapter_dir(run_dir, adapter):
+    from .adapters import Registry
+
+    if adapter in (None, "none"):
+        return None
+    path = Registry(run_dir).path(adapter)
+    if not (path / "adapter_config.json").exists():
+        raise click.UsageError(f"no adapter {adapter} in {run_dir}")
+    return path
+
+
+def _humaneval(split, only, backend, replies, adapter, baseline, run_dir, n, k, seeds, out) -> dict:
     from .backends import BackendError, make_backend
     from .config import RunConfig
+    from .gate import compare
     from .humaneval_eval import evaluate, summarize, task_ids
     from .sandbox import InfraError
 
     if k > n:
         raise click.UsageError("--k must not exceed --samples")
+    if baseline is not None and (n > 1 or seeds > 1):
+        raise click.UsageError("--baseline compares greedy pass@1: use it without --samples/--seeds")
     ids = task_ids(split, only.split(",") if only else None)
     if not ids:
         raise click.UsageError("no problems selected")
-    out = out or Path("runs") / f"eval-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
+
+    def echo(r):
+        click.echo(f"{r.task_id}: {r.correct}/{r.n} {r.verdicts}", err=True)
+
     try:
         model = make_backend(backend, RunConfig.load(), replies)
-        if adapter and adapter != "none":
-            from .adapters import Registry
-
-            if run_dir is None:
-                raise click.UsageError("--adapter needs --run-dir")
-            model.load_adapter(Registry(run_dir).path(adapter), adapter)
-        runs = []
+        if adapter not in (None, "none"):
+            model.load_adapter(_adapter_dir(run_dir, adapter), adapter)
+        runs, first = [], None
         for seed in range(seeds):
-            results = evaluate(model, ids, n=n, seed_base=seed * 1000,
-                               on_problem=lambda r: click.echo(f"{r.task_id}: {r.correct}/{r.n} {r.verdicts}", err=True))
+            results = evaluate(model, ids, n=n, seed_base=seed * 1000, on_problem=echo)
             (out / f"problems-seed{seed}.jsonl").write_text("".join(r.model_dump_json() + "\n" for r in results))
             runs.append(summarize(results, k))
+            first = first or results
+        comparison = None
+        if baseline is not None:
+            model.load_adapter(_adapter_dir(run_dir, baseline), None if baseline == "none" else baseline)
+            base_results = evaluate(model, ids, on_problem=echo)
+            (out / "problems-baseline.jsonl").write_text("".join(r.model_dump_json() + "\n" for r in base_results))
+            comparison = compare(base_results, first)
     except (BackendError, InfraError) as exc:
         _fail_infra(str(exc))
     summary = dict(runs[0])
-    summary.update(suite=suite, split=split, backend=backend, model=model.model_id, adapter=model.adapter_id)
+    summary.update(suite="humaneval", split=split, backend=backend, model=model.model_id,
+                   adapter=None if adapter in (None, "none") else adapter)
     if seeds > 1:
         scores = [r[f"pass@{k}"] for r in runs]
         mean = sum(scores) / len(scores)
         summary["seeds"] = {"scores": scores, "mean": mean,
                             "std": (sum((x - mean) ** 2 for x in scores) / (len(scores) - 1)) ** 0.5}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
     lo, hi = summary["ci95"]
-    if not as_json:
-        click.echo(f"pass@{k} = {summary[f'pass@{k}']:.3f} (95% CI {lo:.3f}-{hi:.3f}) on {summary['problems']} "
-                   f"{split} problems; results in {out}")
-    else:
-        click.echo(json.dumps(summary))
+    line = f"pass@{k} = {summary[f'pass@{k}']:.3f} (95% CI {lo:.3f}-{hi:.3f}) on {summary['problems']} {split} problems"
+    if comparison:
+        summary["baseline"] = {"adapter": baseline, **comparison["current"]}
+        summary["difference"] = {key: comparison[key] for key in ("difference", "ci95", "excludes_zero", "problems")}
+        d, (dlo, dhi) = comparison["difference"], comparison["ci95"]
+        line += (f"; baseline {baseline} {comparison['current']['pass@1']:.3f}; paired difference {d:+.3f} "
+                 f"(95% CI {dlo:+.3f} to {dhi:+.3f}, {'excludes' if comparison['excludes_zero'] else 'includes'} zero)")
+    summary["_line"] = line
+    return summary
+
+
+def _lm_eval(task, adapter, run_dir, data, limit, max_gen_toks, num_fewshot, chat_template, out) -> dict:
+    from .embedded_model import ensure_converted
+    from .humaneval_eval import paired_difference
+    from .lm_eval_suite import LmEvalError, run
+
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        model_dir = ensure_converted()
+        arms = {"base": None}
+        if adapter not in (None, "none"):  # the base model plus the adapter, on the same documents
+            arms[adapter] = _adapter_dir(run_dir, adapter)
+        scores = {}
+        for name, path in arms.items():
+            click.echo(f"lm-eval {task}: {name} ...", err=True)
+            r = run(task, model_dir, path, data, limit, max_gen_toks, num_fewshot, chat_template)
+            (out / f"samples-{name}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in r.pop("per_sample")))
+            scores[name] = r
+    except (LmEvalError, FileNotFoundError, ImportError) as exc:
+        _fail_infra(str(exc))
+    head = scores[adapter] if adapter not in (None, "none") else scores["base"]
+    summary = dict(head)
+    summary["per_model"] = {name: {"score": r["score"], "stderr": r["stderr"], "samples": r["samples"]}
+                            for name, r in scores.items()}
+    line = "; ".join(f"{name}: {r['metric']} ({r['filter']}) = {r['score']:.3f}"
+                     + (f" ± {r['stderr']:.3f}" if r["stderr"] is not None else "") + f" on {r['samples']} samples"
+                     for name, r in scores.items())
+    if adapter not in (None, "none"):
+        def per_doc(name):
+            rows = [json.loads(x) for x in (out / f"samples-{name}.jsonl").read_text().splitlines()]
+            return [float(x[head["metric"]]) for x in sorted(rows, key=lambda x: x["doc_id"])]
+        d = paired_difference(per_doc("base"), per_doc(adapter))
+        summary["difference"] = d
+        line += f"; paired difference {d['difference']:+.3f} (95% CI {d['ci95'][0]:+.3f} to {d['ci95'][1]:+.3f})"
+    summary["_line"] = f"lm-eval:{task}: " + line
+    return summary
 
 
 @main.command("contamination")
