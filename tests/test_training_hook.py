@@ -1,5 +1,10 @@
 """The loop's training burst against the real trainer container, sandbox and embedded model."""
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from orchestrator.adapters import Registry
@@ -14,6 +19,7 @@ from orchestrator.training import TrainHook
 from tests.test_trainer import sample
 
 pytestmark = pytest.mark.docker
+ROOT = Path(__file__).resolve().parent.parent
 SMALL = TrainConfig(max_steps=6, batch_size=2, learning_rate=1e-3, max_length=512)
 
 
@@ -58,3 +64,13 @@ def test_burst_trains_gates_switches_and_survives_resume(tmp_path, sandbox_image
     loop._save()
     resumed = Loop(run, cfg, LocalBackend(model_dir, MODEL_ID, max_new_tokens=96), train_hook=hook)
     assert resumed.backend.adapter_id == "v0001"
+
+    # the same comparison from the CLI: an adapter against the base model, paired, on one problem
+    out = subprocess.run([sys.executable, "-m", "orchestrator.cli", "eval", "--tasks", "5", "--adapter", "v0001",
+                          "--baseline", "none", "--run-dir", str(run), "--out", str(tmp_path / "ev"), "--json"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert summary["adapter"] == "v0001" and summary["baseline"]["adapter"] == "none"
+    assert summary["difference"]["problems"] == 1 and "excludes_zero" in summary["difference"]
+    assert (tmp_path / "ev" / "problems-baseline.jsonl").exists()
