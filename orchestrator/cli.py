@@ -401,8 +401,9 @@ def eval_cmd(suite, split, only, backend, replies, adapter, baseline, run_dir, n
         summary = _humaneval(split, only, backend, replies, adapter, baseline, run_dir, n, k, seeds, out)
     else:
         raise click.UsageError(f"unknown suite {suite!r}: humaneval or lm-eval:TASK")
+    line = summary.pop("_line")
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    click.echo(json.dumps(summary) if as_json else summary.pop("_line") + f"; results in {out}")
+    click.echo(json.dumps(summary) if as_json else f"{line}; results in {out}")
 
 
 def _adapter_dir(run_dir, adapter):

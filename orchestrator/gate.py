@@ -50,12 +50,15 @@ def load_results(path: Path, model_id: str, ids: list[str]) -> list[ProblemResul
     if header.get("model") != model_id or header.get("tasks") != ids:
         return []
     done = []
-    for line in lines[1:]:
+    for line, tid in zip(lines[1:], ids):
         try:
-            done.append(ProblemResult.model_validate_json(line))
+            result = ProblemResult.model_validate_json(line)
         except ValueError:
             break  # a torn last line after a crash: evaluate that problem again
-    return [r for r, tid in zip(done, ids) if r.task_id == tid]
+        if result.task_id != tid:
+            break
+        done.append(result)
+    return done
 
 
 def model_results(backend, registry: Registry, ids: list[str], limits: SandboxLimits | None = None,

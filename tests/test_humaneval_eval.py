@@ -100,4 +100,16 @@ def test_cli_json_last_line(tmp_path, sandbox_image):
     assert out.returncode == 0, out.stderr[-2000:]
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     assert summary["pass@1"] == 1.0 and summary["problems"] == 3 and len(summary["ci95"]) == 2
+    assert set(summary) == {"pass@1", "ci95", "problems", "samples_per_problem", "suite", "split", "backend",
+                            "model", "adapter"}
+    assert json.loads((tmp_path / "ev" / "summary.json").read_text()) == summary
     assert len((tmp_path / "ev" / "problems-seed0.jsonl").read_text().splitlines()) == 3
+    # without --json: one human line; a replay model cannot load adapters, so --baseline is a clear error
+    human = subprocess.run([sys.executable, "-m", "orchestrator.cli", "eval", "--backend", "replay", "--replies",
+                            str(replies), "--tasks", "0", "--out", str(tmp_path / "ev2")],
+                           capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert human.returncode == 0 and human.stdout.startswith("pass@1 = 1.000 (95% CI")
+    bad = subprocess.run([sys.executable, "-m", "orchestrator.cli", "eval", "--backend", "replay", "--replies",
+                          str(replies), "--tasks", "0", "--baseline", "v0001", "--out", str(tmp_path / "ev3")],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert bad.returncode == 2 and "--run-dir" in bad.stderr
