@@ -556,6 +556,9 @@ def status_cmd(run_dir: Path, as_json: bool) -> None:
     click.echo(f"iteration {s.iteration}, next step {s.step}; best reward {s.best_reward}/{s.max_reward}; "
                f"plateau {s.plateau}; samples {s.samples}; audit {'intact' if audit_ok else 'TAMPERED'}")
     click.echo(f"stop reason: {s.stop_reason or '(running or interrupted; resume with rsi run --resume)'}")
+    if s.current_adapter or s.train_plateau:
+        click.echo(f"current adapter {s.current_adapter or 'base'}; training bursts without a held-out "
+                   f"improvement beyond noise: {s.train_plateau}")
     for rec in s.history:
         t = " ".join(f"{k}={v:.1f}s" for k, v in rec.timings.items())
         click.echo(f"  #{rec.iteration}: reward {rec.reward} ({rec.verdict}) "

@@ -255,6 +255,7 @@ def _create(client, limits: SandboxLimits, stage: str, nonce: str, timeout_s: fl
         stdin_open=False,
         ipc_mode="private",
         hostname="sandbox",
+        name=f"rsi-sandbox-{nonce[:16]}",  # known before create returns: an interrupted create is still found
     )
     if limits.runtime:
         kwargs["runtime"] = limits.runtime
@@ -304,6 +305,11 @@ def run_tests(workspace: Path | str, limits: SandboxLimits | None = None, timeou
     except docker.errors.APIError as exc:
         raise InfraError(f"docker engine refused the sandbox: {exc.explanation or exc}") from exc
     finally:
+        if container is None:  # interrupted (Ctrl-C) between the engine creating it and create() returning
+            try:
+                container = client.containers.get(f"rsi-sandbox-{nonce[:16]}")
+            except docker.errors.APIError:
+                pass
         remove_quietly(container)
         shutil.rmtree(stage, ignore_errors=True)
 

@@ -131,9 +131,32 @@ def test_ctrl_c_removes_the_container(tmp_path, sandbox_image, docker_client):
     assert docker_client.containers.list(filters={"label": label}), "the sandbox never started"
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=30)
-    assert proc.returncode != 0
+    try:  # well before the sandbox's own 60 s timeout, so a swallowed Ctrl-C cannot pass
+        _, err = proc.communicate(timeout=50)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+        pytest.fail(f"rsi sandbox run ignored Ctrl-C for 50 s; stderr: {err[-3000:]!r}")
+    assert proc.returncode != 0 and b"Aborted" in err, err[-2000:]
     assert docker_client.containers.list(all=True, filters={"label": label}) == []
+
+
+@pytest.mark.docker
+def test_interrupt_between_engine_create_and_return_leaves_no_container(tmp_path, sandbox_image, docker_client,
+                                                                         monkeypatch):
+    """Ctrl-C can land after the engine created the container but before create() returned it."""
+    from orchestrator import sandbox
+
+    real = sandbox._create
+
+    def create_then_interrupt(*args, **kwargs):
+        real(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sandbox, "_create", create_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run_tests(write_tree(tmp_path / "ws", CASES["control_pass"][0]), client=docker_client)
+    assert docker_client.containers.list(all=True, filters={"label": f"{LABEL_PID}={os.getpid()}"}) == []
 
 
 @pytest.mark.docker
