@@ -66,6 +66,8 @@ def model_results(backend, registry: Registry, ids: list[str], limits: SandboxLi
     """Per-problem results of the backend's current model (base or adapter) on ``ids``, cached."""
     path = results_file(registry, backend.adapter_id)
     done = load_results(path, backend.model_id, ids)
+    if len(done) == len(ids):
+        return done
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as fh:  # rewrite: header + what is still valid
         fh.write(json.dumps({"model": backend.model_id, "adapter": backend.adapter_id or BASE, "tasks": ids}) + "\n")

@@ -122,8 +122,11 @@ def test_sweep_removes_containers_of_dead_runs(docker_client, sandbox_image):
 @pytest.mark.docker
 def test_ctrl_c_removes_the_container(tmp_path, sandbox_image, docker_client):
     workspace = write_tree(tmp_path / "ws", CASES["cage_sleep"][0])
+    # A job started in the background by a non-interactive shell (as CI may be) inherits SIGINT
+    # *ignored*, and Python then keeps ignoring it: give the CLI the default disposition, as a terminal would.
     proc = subprocess.Popen(RSI + ["sandbox", "run", str(workspace), "--timeout", "60"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     label = f"{LABEL_PID}={proc.pid}"
     deadline = time.time() + 30
     while time.time() < deadline and not docker_client.containers.list(filters={"label": label}):
