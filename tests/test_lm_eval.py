@@ -8,9 +8,7 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("lm_eval")
-
-from orchestrator.lm_eval_suite import LmEvalError, task_spec  # noqa: E402
+from orchestrator.lm_eval_suite import LmEvalError, task_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 GSM8K = [
