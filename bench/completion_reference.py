@@ -1,13 +1,15 @@
 """Reference point for the embedded experiment: the base model *without* the patch protocol.
 
-    .venv/bin/python bench/completion_reference.py [--split heldout] [--max-new-tokens 300]
+    .venv/bin/python bench/completion_reference.py [--mode raw|chat] [--split heldout] [--max-new-tokens 300]
 
-Plain HumanEval-style completion (the prompt as raw text, no chat template, greedy, cut at the
-usual stop sequences), the way the ~6 % pass@1 quoted for SmolLM2-135M was measured. Each
-completion is then wrapped as a patch reply (``example.py`` = prompt + completion) and graded by
-the same hidden tests in the same sandbox as `rsi eval`, through the replay backend. The gap between
-this number and `rsi eval` on the local backend is the cost of asking a 135M model for whole-file
-JSON patches.
+Two common ways to ask a model for HumanEval, greedy:
+- ``raw``: the prompt as plain text (no chat template), cut at the usual stop sequences;
+- ``chat``: the chat template, "complete this function" with the prompt in a code block; the
+  first code block of the answer is taken (a full definition replaces the stub; otherwise it is
+  appended as the body).
+Each answer is wrapped as a patch reply (``example.py``) and graded by the same hidden tests in the
+same sandbox as `rsi eval`, through the replay backend. The gap between these numbers and `rsi eval`
+on the local backend is the cost of asking the model for whole-file JSON patches.
 """
 
 from __future__ import annotations
@@ -41,8 +43,26 @@ def complete(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
     return text[:cut]
 
 
+def chat_complete(model, tokenizer, prompt: str, entry_point: str, max_new_tokens: int) -> str:
+    import re
+
+    import torch
+
+    msgs = [{"role": "user", "content": "Complete the following Python function. Reply with the whole function "
+                                        f"in a Python code block.\n```python\n{prompt}```"}]
+    inputs = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.inference_mode():
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=tokenizer.eos_token_id)
+    text = tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    m = re.search(r"```(?:python)?\n(.*?)(?:```|$)", text, re.S)
+    code = m.group(1) if m else text
+    return prompt + "\n" + code if f"def {entry_point}" in code else prompt + code
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mode", default="raw", choices=["raw", "chat"])
     ap.add_argument("--split", default="heldout", choices=["heldout", "train", "all"])
     ap.add_argument("--max-new-tokens", type=int, default=300)
     args = ap.parse_args()
@@ -55,17 +75,21 @@ def main() -> int:
     t0 = time.perf_counter()
     lines = []
     for tid in ids:
-        prompt = humaneval_problems()[tid]["prompt"]
-        code = prompt + complete(model, tokenizer, prompt, args.max_new_tokens)
+        problem = humaneval_problems()[tid]
+        prompt = problem["prompt"]
+        if args.mode == "raw":
+            code = prompt + complete(model, tokenizer, prompt, args.max_new_tokens)
+        else:
+            code = chat_complete(model, tokenizer, prompt, problem["entry_point"], args.max_new_tokens)
         lines.append({"phase": "patch", "task": tid, "reply": json.dumps(
-            {"rationale": "plain completion", "edits": [{"path": "example.py", "content": code}]})})
+            {"rationale": f"{args.mode} completion", "edits": [{"path": "example.py", "content": code}]})})
     gen_s = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as tmp:
         replies = Path(tmp) / "replies.jsonl"
         replies.write_text("".join(json.dumps(x) + "\n" for x in lines))
         results = evaluate(ReplayBackend(replies), ids)
     s = summarize(results)
-    s.update(split=args.split, mode="plain completion, greedy", solved=[r.task_id for r in results if r.correct],
+    s.update(split=args.split, mode=f"{args.mode} completion, greedy", solved=[r.task_id for r in results if r.correct],
              rejected=sum(r.rejected for r in results), generation_s=round(gen_s, 1))
     print(json.dumps(s))
     return 0
