@@ -489,12 +489,12 @@ def _lm_eval(task, adapter, run_dir, data, limit, max_gen_toks, num_fewshot, cha
         for name, path in arms.items():
             click.echo(f"lm-eval {task}: {name} ...", err=True)
             r = run(task, model_dir, path, data, limit, max_gen_toks, num_fewshot, chat_template)
-            (out / f"samples-{name}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in r.pop("per_sample")))
+            (out / f"samples-{name}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in r["per_sample"]))
             scores[name] = r
     except (LmEvalError, FileNotFoundError, ImportError) as exc:
         _fail_infra(str(exc))
     head = scores[adapter] if adapter not in (None, "none") else scores["base"]
-    summary = dict(head)
+    summary = {k: v for k, v in head.items() if k != "per_sample"}
     summary["per_model"] = {name: {"score": r["score"], "stderr": r["stderr"], "samples": r["samples"]}
                             for name, r in scores.items()}
     line = "; ".join(f"{name}: {r['metric']} ({r['filter']}) = {r['score']:.3f}"
@@ -502,8 +502,8 @@ def _lm_eval(task, adapter, run_dir, data, limit, max_gen_toks, num_fewshot, cha
                      for name, r in scores.items())
     if adapter not in (None, "none"):
         def per_doc(name):
-            rows = [json.loads(x) for x in (out / f"samples-{name}.jsonl").read_text().splitlines()]
-            return [float(x[head["metric"]]) for x in sorted(rows, key=lambda x: x["doc_id"])]
+            rows = sorted(scores[name]["per_sample"], key=lambda x: x["doc_id"])
+            return [float(x[head["metric"]]) for x in rows]
         d = paired_difference(per_doc("base"), per_doc(adapter))
         summary["difference"] = d
         line += f"; paired difference {d['difference']:+.3f} (95% CI {d['ci95'][0]:+.3f} to {d['ci95'][1]:+.3f})"

@@ -26,7 +26,8 @@ def _save(fig, ax, run_dir: Path, name: str, title: str, made: list[str]) -> Non
     made.append(name)
 
 
-def _plots(run_dir: Path, state: AgentState, events: list[dict]) -> list[str]:
+def _plots(run_dir: Path, state: AgentState, events: list[dict], heldout: list[tuple[str, dict]],
+           adapters: list) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -60,9 +61,8 @@ def _plots(run_dir: Path, state: AgentState, events: list[dict]) -> list[str]:
         ax.set_ylabel("training loss")
         _save(fig, ax, run_dir, "report_loss.png", "Training loss per burst", made)
 
-    heldout = cached_summaries(Registry(run_dir))
     if heldout:
-        promoted = {m.id: m.promoted for m in Registry(run_dir).list()}
+        promoted = {m.id: m.promoted for m in adapters}
         fig, ax = plt.subplots(figsize=(7, 3.5))
         for x, (model, s) in enumerate(heldout):
             lo, hi = s["ci95"]
@@ -84,7 +84,9 @@ def write_report(run_dir: Path) -> Path:
     state = AgentState.load(state_path(run_dir))
     events = read_events(run_dir / "audit.jsonl")
     check = verify(run_dir / "audit.jsonl")
-    plots = _plots(run_dir, state, events)
+    registry = Registry(run_dir)
+    adapters, heldout = registry.list(), cached_summaries(registry)
+    plots = _plots(run_dir, state, events, heldout, adapters)
     lines = [
         f"# rsi-lab run {state.run_id}", "",
         f"- task: `{state.task_id}`; backend `{state.backend}`, model `{state.model_id}`, "
@@ -102,7 +104,6 @@ def write_report(run_dir: Path) -> Path:
         lines.append(f"| {r.iteration} | {r.reward if r.reward is not None else '-'} | {r.verdict or '-'} | "
                      f"{'yes' if r.improved else 'no'} | {r.tests_accepted} | {r.samples_added} | {r.plateau} | "
                      f"{gen:.1f} | {other:.1f} |")
-    adapters = Registry(run_dir).list()
     if adapters:
         lines += ["", "## Adapters (the promotion gate)", "",
                   "| id | parent | samples | pass@1 | parent pass@1 | difference (95% CI) | decision |",
@@ -114,7 +115,6 @@ def write_report(run_dir: Path) -> Path:
             parent = "-" if m.parent_score is None else f"{m.parent_score:.3f}"
             lines.append(f"| {m.id} | {m.parent or 'base'} | {m.samples} | {score} | {parent} | {diff} | "
                          f"{m.decision.split(':', 1)[0] or '-'} |")
-    heldout = cached_summaries(Registry(run_dir))
     if heldout:
         lines += ["", "## Held-out pass@1 per model", "", "| model | problems | pass@1 | 95% CI |", "|---|---|---|---|"]
         for model, s in heldout:
