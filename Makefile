@@ -47,11 +47,17 @@ trainer-gpu-image: install docker-check
 	$(PYTHON) trainer_image/build_wheelhouse.py gpu
 	$(BIN)/rsi --log-level info images build --trainer gpu
 
-test: images test-deps
-	$(BIN)/python -m pytest -q
+# pytest exits 5 when it collected no tests: make would report that as a bare "Error 5"; say it,
+# and fail (CI must never pass with no test run).
+PYTEST_RUN = rc=0; $(BIN)/python -m pytest -q $(1) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make: pytest collected no tests (exit 5): failing" >&2; fi; exit $$rc
 
+test: images test-deps
+	$(call PYTEST_RUN,)
+
+# No Docker and no llama.cpp server (those need `make images` / `make test-deps`).
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not docker"
+	$(call PYTEST_RUN,-m "not docker and not llama_server")
 
 bench: images
 	$(BIN)/python bench/sandbox_overhead.py

@@ -28,6 +28,10 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def llama_server(tmp_path_factory):
+    try:
+        import llama_cpp.server  # noqa: F401
+    except ImportError as exc:  # a failure, not a skip: `make test` installs it (test-deps)
+        pytest.fail(f"llama-cpp-python's server is not installed ({exc}); run `make test-deps`")
     port = free_port()
     log = open(tmp_path_factory.mktemp("llama") / "server.log", "w+")  # verbose: a pipe would fill and block
     proc = subprocess.Popen(
@@ -54,6 +58,7 @@ def llama_server(tmp_path_factory):
     log.close()
 
 
+@pytest.mark.llama_server
 def test_reply_fits_the_schema(llama_server):
     backend = OpenAIBackend(llama_server, "smollm2", max_tokens=300)
     reply = backend.generate(MESSAGES, "patch")
@@ -67,12 +72,14 @@ def test_unreachable_server_is_a_clear_error():
         backend.generate(MESSAGES, "patch")
 
 
+@pytest.mark.llama_server
 def test_bad_status_is_a_clear_error(llama_server):
     with pytest.raises(BackendError, match="answered 404"):
         OpenAIBackend(llama_server + "/nope", "smollm2").generate(MESSAGES, "patch")
 
 
 @pytest.mark.docker
+@pytest.mark.llama_server
 def test_one_iteration_through_the_server(tmp_path, llama_server, sandbox_image):
     cfg = RunConfig.load()
     cfg.run.max_iterations, cfg.run.max_retries, cfg.run.max_mutants, cfg.run.train_every = 1, 0, 3, 0
