@@ -23,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.results_io import Recorder  # noqa: E402
 from orchestrator.backends import ReplayBackend  # noqa: E402
 from orchestrator.embedded_model import ensure_converted  # noqa: E402
 from orchestrator.humaneval_eval import evaluate, summarize, task_ids  # noqa: E402
@@ -60,12 +61,20 @@ def chat_complete(model, tokenizer, prompt: str, entry_point: str, max_new_token
     return prompt + "\n" + code if f"def {entry_point}" in code else prompt + code
 
 
+def _syntax_errors(results) -> int:
+    """Answers the policy refused as not parsing as Python (first reason ``policy/syntax_error``)."""
+    return sum(1 for r in results for reason in r.reasons if reason.startswith("policy/syntax_error"))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mode", default="raw", choices=["raw", "chat"])
     ap.add_argument("--split", default="heldout", choices=["heldout", "train", "all"])
     ap.add_argument("--max-new-tokens", type=int, default=300)
+    ap.add_argument("--out", type=Path, default=None,
+                    help="results JSON (default bench/results/completion_reference_MODE_SPLIT.json)")
     args = ap.parse_args()
+    rec = Recorder(f"completion_reference_{args.mode}_{args.split}")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = ensure_converted()
@@ -92,6 +101,22 @@ def main() -> int:
     s.update(split=args.split, mode=f"{args.mode} completion, greedy", solved=[r.task_id for r in results if r.correct],
              rejected=sum(r.rejected for r in results), generation_s=round(gen_s, 1))
     print(json.dumps(s))
+    # The held-out and train parts of the same run, each with its own Wilson interval.
+    parts = {}
+    for part in ("heldout", "train"):
+        ids_part = set(task_ids(part))
+        sub = [r for r in results if r.task_id in ids_part]
+        if sub:
+            parts[part] = summarize(sub) | {"solved": [r.task_id for r in sub if r.correct],
+                                            "correct": sum(r.correct for r in sub),
+                                            "refused": sum(r.rejected for r in sub),
+                                            "not_valid_python": _syntax_errors(sub)}
+    rec.write({"split": args.split, "mode": args.mode, "max_new_tokens": args.max_new_tokens,
+               "problems": len(results), "correct": sum(r.correct for r in results),
+               "pass@1": s["pass@1"], "ci95": s["ci95"], "refused": s["rejected"],
+               "not_valid_python": _syntax_errors(results),
+               "solved": s["solved"], "generation_s": s["generation_s"], "parts": parts,
+               "raw_per_problem": [r.model_dump() for r in results]}, args.out)
     return 0
 
 

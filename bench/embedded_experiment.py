@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import sys
 import time
@@ -32,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rich.console import Console  # noqa: E402
 
+from bench.results_io import Recorder  # noqa: E402
 from orchestrator import gate  # noqa: E402
 from orchestrator.adapters import Registry  # noqa: E402
 from orchestrator.archive import Archive  # noqa: E402
@@ -57,6 +56,60 @@ def loop_on_task(exp: Path, rnd: int, tid: str, config: RunConfig, backend, cons
     return Loop(run_dir, config, backend, task=task, console=console).run()
 
 
+def _cached(registry, backend, ids) -> bool:
+    """Whether the held-out results of the backend's current model are already on disk (then the
+    wall time measured for them is a cache read, not an evaluation)."""
+    path = gate.results_file(registry, backend.adapter_id)
+    return len(gate.load_results(path, backend.model_id, ids)) == len(ids)
+
+
+def _first_code(reason: str) -> str:
+    # str(Rejection) is "stage/code [path]: detail"
+    head = reason.split(":", 1)[0].split(" ", 1)[0]
+    return head if "/" in head else (head or "unknown")
+
+
+def heldout_outcomes(results) -> dict:
+    """Per held-out problem: graded verdicts, and refusals counted by their first reason's stage/code."""
+    out: dict[str, dict[str, int]] = {"verdicts": {}, "refused_by_first_reason": {}}
+    for r in results:
+        for v in r.verdicts:
+            out["verdicts"][v] = out["verdicts"].get(v, 0) + 1
+        for reason in r.reasons:
+            code = _first_code(reason)
+            out["refused_by_first_reason"][code] = out["refused_by_first_reason"].get(code, 0) + 1
+    return out
+
+
+def refusal_counts(root: Path) -> dict:
+    """Every model reply of the loop runs under ``root``, from their audit logs (``model_reply``
+    events): per phase, how many replies, how many the policy accepted, and the refused ones counted
+    by their first reason's stage/code."""
+    phases: dict[str, dict] = {}
+    for audit in sorted(root.rglob("audit.jsonl")):
+        if audit.parent == root:
+            continue  # the experiment's own log (training/gate), not a loop run
+        for line in audit.read_text().splitlines():
+            if not line.strip():
+                continue
+            ev = json.loads(line)
+            if ev.get("event") != "model_reply":
+                continue
+            p = phases.setdefault(ev.get("phase", "?"), {"replies": 0, "accepted": 0, "refused": 0,
+                                                          "refused_by_first_reason": {}})
+            p["replies"] += 1
+            if ev.get("policy") == "accepted":
+                p["accepted"] += 1
+                continue
+            p["refused"] += 1
+            first = (ev.get("reasons") or [{}])[0]
+            code = f"{first.get('stage', '?')}/{first.get('code', '?')}"
+            p["refused_by_first_reason"][code] = p["refused_by_first_reason"].get(code, 0) + 1
+    total = {k: sum(p[k] for p in phases.values()) for k in ("replies", "accepted", "refused")}
+    return {"replies": total["replies"], "accepted": total["accepted"], "refused": total["refused"],
+            "by_phase": phases}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=2)
@@ -65,7 +118,10 @@ def main() -> int:
     ap.add_argument("--heldout", default="", help="comma-separated held-out ids (default: all 33)")
     ap.add_argument("--train-steps", type=int, default=30)
     ap.add_argument("--out", type=Path, default=Path("runs/embedded-experiment"))
+    ap.add_argument("--results", type=Path, default=None,
+                    help="results JSON (default bench/results/embedded_experiment.json)")
     args = ap.parse_args()
+    rec = Recorder("embedded_experiment")
 
     console = Console(stderr=True)
     exp = args.out
@@ -90,6 +146,7 @@ def main() -> int:
     # 1. base on the held-out problems (cached in adapters/heldout/base.jsonl; the gate reuses it)
     t0 = time.perf_counter()
     backend.load_adapter(None, None)
+    base_cached = _cached(registry, backend, heldout)
     base = gate.model_results(backend, registry, heldout, limits,
                               on_problem=lambda r: say(f"base {r.task_id}: {r.correct}/{r.n} {r.verdicts}"))
     walls["base_heldout_s"] = time.perf_counter() - t0
@@ -119,23 +176,27 @@ def main() -> int:
         t1 = time.perf_counter()
         result = burst(exp, exp / "samples.jsonl", len(archive), backend, audit, model_dir,
                        TrainConfig(max_steps=args.train_steps), config.gate, limits, iteration=rnd + 1, say=say)
-        rounds.append({"round": rnd + 1, "tasks": len(window), "solved": solved, "patches_accepted": accepted,
+        rounds.append({"round": rnd + 1, "tasks": len(window), "first_task": window[0], "last_task": window[-1],
+                       "solved": solved, "patches_accepted": accepted,
                        "samples_total": len(archive), "adapter": result.adapter, "promoted": result.promoted,
                        "improved_beyond_noise": result.improved, "decision": result.reason,
-                       "loop_s": round(loop_s, 1), "train_and_gate_s": round(time.perf_counter() - t1, 1)})
+                       "loop_s": round(loop_s, 1), "loop_s_per_task": round(loop_s / len(window), 1),
+                       "train_and_gate_s": round(time.perf_counter() - t1, 1),
+                       "refusals": refusal_counts(exp / f"round{rnd}")})
         say(f"round {rnd + 1}: {rounds[-1]}")
 
     # 3. the model that is current now vs the base, paired on the same held-out problems
     t0 = time.perf_counter()
     final_id = registry.current()
     backend.load_adapter(registry.path(final_id) if final_id else None, final_id)
+    final_cached = _cached(registry, backend, heldout)
     final = gate.model_results(backend, registry, heldout, limits)
     walls["final_heldout_s"] = time.perf_counter() - t0
     comparison = gate.compare(base, final)
     hits = contamination(exp / "samples.jsonl", "heldout")
     walls["total_s"] = time.perf_counter() - started
     results = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}",
+        "machine": rec.meta["machine"],
         "model": backend.model_id, "heldout_problems": len(heldout), "train_tasks_per_round": args.tasks_per_round,
         "rounds": rounds, "final_adapter": final_id or "base",
         "base": comparison["current"], "final": comparison["new"],
@@ -143,8 +204,17 @@ def main() -> int:
         "difference_excludes_zero": comparison["excludes_zero"],
         "contamination_hits": len(hits), "samples": len(archive),
         "wall_s": {k: round(v, 1) for k, v in walls.items()},
+        "heldout_cached": {"base": base_cached, "final": final_cached},
+        "base_heldout_outcomes": heldout_outcomes(base),
+        "final_heldout_outcomes": heldout_outcomes(final),
+        "refusals_all_rounds": refusal_counts(exp),
+        "loop_s_total": round(sum(r["loop_s"] for r in rounds), 1),
+        "loop_tasks_total": sum(r["tasks"] for r in rounds),
+        "loop_s_per_task_all_rounds": round(sum(r["loop_s"] for r in rounds) / max(1, sum(r["tasks"] for r in rounds)), 1),
+        "out_dir": str(exp),
     }
     (exp / "results.json").write_text(json.dumps(results, indent=2))
+    rec.write(results, args.results)
     print(json.dumps(results))
     return 0
 

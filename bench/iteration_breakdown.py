@@ -21,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.results_io import Recorder  # noqa: E402
 from orchestrator.backends import ReplayBackend, make_backend  # noqa: E402
 from orchestrator.config import RunConfig  # noqa: E402
 from orchestrator.loop import Loop  # noqa: E402
@@ -56,7 +57,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--iterations", type=int, default=4)
     ap.add_argument("--task", default="seed")
+    ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
+    rec = Recorder("iteration_breakdown")
     cfg = RunConfig.load()
     cfg.run.max_iterations, cfg.run.plateau_patience, cfg.run.stop_when_solved = args.iterations, 0, False
     cfg.run.train_every = 0  # generation vs the rest; training bursts are measured by the trainer bench
@@ -87,6 +90,32 @@ def main() -> None:
     share = (rwall - rsums["generation"]) / n / ((rwall - rsums["generation"]) / n + gen_per_iter)
     print(f"with SmolLM2's generation time per iteration ({gen_per_iter:.1f}s) and every reply accepted, "
           f"everything except generation would be {100 * share:.1f}% of an iteration")
+    refused = sum(1 for r in state.history if not r.patch_accepted)
+    sandbox_runs = sum(1 for r in state.history if r.timings.get("sandbox", 0.0) > 0)
+    rec.write({
+        "task": state.task_id, "model": state.model_id, "iterations": len(state.history),
+        "run_wall_s": round(total, 1),
+        "model_run": {
+            "steps_s": {k: round(v, 2) for k, v in sums.items()},
+            "steps_share_pct": {k: round(100 * v / wall, 1) for k, v in sums.items()},
+            "other_s": round(other, 2), "iterations_wall_s": round(wall, 1),
+            "per_iteration_s": round(wall / max(1, len(state.history)), 1),
+            "generation_per_iteration_s": round(gen_per_iter, 1),
+            "non_generation_pct": round(100 * non_gen / wall, 1),
+            "iterations_with_patch_refused": refused,
+            "iterations_with_a_sandbox_evaluation": sandbox_runs,
+            "raw_history": [r.model_dump() for r in state.history],
+        },
+        "replayed_run": {
+            "iterations": n,
+            "non_generation_per_iteration_s": round((rwall - rsums["generation"]) / n, 2),
+            "per_iteration_s": {k: round(rsums[k] / n, 2) for k in KEYS[1:]},
+        },
+        "projection_non_generation_pct": round(100 * share, 1),
+        "projection_note": "replayed run's non-generation time per iteration against the model run's generation "
+                           "time per iteration: two runs combined, not one measured iteration",
+        "target_non_generation_pct": 20,
+    }, args.out)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """Sandbox overhead against bare pytest, and parallel throughput.
 
-    .venv/bin/python bench/sandbox_overhead.py [--pairs 15] [--parallel 1,2,4] [--runs 8]
+    .venv/bin/python bench/sandbox_overhead.py [--pairs 15] [--parallel 1,2,4] [--runs 8] [--out FILE]
 
-Overhead: median over alternating pairs (bare pytest in a subprocess, then a sandboxed
-run, on the same workspace) of the per-pair difference and ratio. Throughput: the
+Overhead: alternating pairs (bare pytest in a subprocess, then a sandboxed run, on the same
+workspace); reported as the median of the per-pair differences (sandboxed - bare) and,
+separately, the median of the per-pair ratios (sandboxed / bare), with every pair stored. Throughput: the
 same number of sandboxed runs done one at a time, then N at a time; runs/s and the
 ratio to one at a time, measured in this run.
 """
@@ -11,7 +12,6 @@ ratio to one at a time, measured in this run.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import subprocess
 import sys
@@ -22,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.results_io import Recorder  # noqa: E402
 from orchestrator.sandbox import SandboxLimits, connect, run_tests  # noqa: E402
 
 SEED = Path(__file__).resolve().parent.parent / "seeds" / "example"
@@ -47,7 +48,9 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=15)
     ap.add_argument("--runs", type=int, default=8)
     ap.add_argument("--parallel", default="1,2,4")
+    ap.add_argument("--out", type=Path, default=None, help="results JSON (default bench/results/sandbox_overhead.json)")
     args = ap.parse_args()
+    rec = Recorder("sandbox_overhead")
     client = connect()
     limits = SandboxLimits.load()
     with tempfile.TemporaryDirectory() as tmp:
@@ -59,11 +62,13 @@ def main() -> None:
         b = statistics.median(p[0] for p in pairs)
         s = statistics.median(p[1] for p in pairs)
         diff = statistics.median(p[1] - p[0] for p in pairs)
-        print(f"machine: {platform.machine()} {platform.processor() or ''} cpus={len(__import__('os').sched_getaffinity(0))}")
+        ratio = statistics.median(p[1] / p[0] for p in pairs)
         print(f"overhead ({args.pairs} alternating pairs, seed workspace):")
-        print(f"  bare pytest median      {b * 1000:8.1f} ms")
-        print(f"  sandboxed median        {s * 1000:8.1f} ms")
-        print(f"  overhead median         {diff * 1000:8.1f} ms  (ratio {s / b:.2f}x bare)")
+        print(f"  bare pytest, median                        {b * 1000:8.1f} ms")
+        print(f"  sandboxed, median                          {s * 1000:8.1f} ms")
+        print(f"  median of the paired differences (sb-bare) {diff * 1000:8.1f} ms")
+        print(f"  median of the paired ratios (sb/bare)      {ratio:8.2f}x")
+        throughput = []
         base_rate = None
         for n in [int(x) for x in args.parallel.split(",")]:
             start = time.perf_counter()
@@ -71,7 +76,29 @@ def main() -> None:
                 list(pool.map(lambda _: run_tests(ws, limits=limits, client=client), range(args.runs)))
             rate = args.runs / (time.perf_counter() - start)
             base_rate = base_rate or rate
+            throughput.append({"parallel": n, "runs": args.runs, "runs_per_s": round(rate, 2),
+                               "vs_one_at_a_time": round(rate / base_rate, 2)})
             print(f"  parallel={n}: {rate:5.2f} runs/s  ({rate / base_rate:.2f}x one at a time)")
+    rec.write({
+        "workspace": "seeds/example",
+        "pairs": args.pairs,
+        "bare_ms_median": round(b * 1000, 1),
+        "sandboxed_ms_median": round(s * 1000, 1),
+        "paired_difference_ms_median": round(diff * 1000, 1),
+        "paired_ratio_median": round(ratio, 2),
+        "target_overhead_ms": 150,
+        "target_met": diff * 1000 <= 150,
+        "raw_pairs_ms": [{"bare": round(p[0] * 1000, 1), "sandboxed": round(p[1] * 1000, 1)} for p in pairs],
+        "throughput": throughput,
+        "sandbox_image": limits.image,
+        "host_pytest": _pytest_version(),
+    }, args.out)
+
+
+def _pytest_version() -> str:
+    import pytest
+
+    return pytest.__version__
 
 
 if __name__ == "__main__":
