@@ -44,11 +44,30 @@ class GateSection(BaseModel):
     patience: int = Field(0, ge=0)                   # stop after this many bursts without improvement (0 = never)
 
 
+class RoundsSection(BaseModel):
+    """Self-improvement rounds over a suite (``rsi run --suite``; orchestrator/rounds.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+    suite: str = "bugfix-train+humaneval-train"  # see orchestrator/suites.py; '+' joins suites
+    seed: int = 0                    # task generation, task order and sampling seeds
+    rounds: int = Field(3, ge=1)
+    tasks_per_round: int = Field(16, ge=1)
+    k: int = Field(4, ge=1)          # candidates per task
+    temperature: float = Field(0.8, gt=0)
+    max_retries: int = Field(1, ge=0)  # re-asks of a malformed or refused candidate
+    concurrency: int = Field(0, ge=0)  # parallel sandboxes (0: the number of cores)
+    max_wall_s: float = Field(0, ge=0)  # wall-time budget over the whole run (0: none)
+    max_samples: int = Field(0, ge=0)   # budget of generated replies (0: none)
+    train: bool = True               # a training burst (and the gate) after each round
+    train_steps: int = Field(30, ge=1)
+
+
 class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     run: RunSection = RunSection()
     model: ModelSection = ModelSection()
     gate: GateSection = GateSection()
+    rounds: RoundsSection = RoundsSection()
 
     @classmethod
     def load(cls, path: Path | None = None, **overrides) -> "RunConfig":

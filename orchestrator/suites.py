@@ -11,6 +11,7 @@ Suites (``load_suite(NAME)``; join several with ``+``, e.g. ``humaneval-train+bu
   the function under test), keeps only mutants that the *visible* tests kill, and hides part of the
   tests. Every mutant of a problem inherits the problem's split, so nothing derived from a held-out
   problem is ever in a train suite.
+- ``bugfix-seed``: the bug-fix tasks made from the seed alone (a tiny suite, for tests and demos).
 - ``dir:PATH``: every sub-directory of PATH that holds tests is a task (PATH itself when it has
   tests at its top level). User tasks are ``train`` tasks.
 
@@ -61,7 +62,8 @@ SEED_TESTS = ("from example import add, is_even\n\n\n"
               "def test_is_even():\n    assert is_even(4)\n    assert not is_even(7)\n    assert is_even(0)\n"
               "    assert not is_even(-3)\n")
 
-SUITE_NAMES = ("humaneval-train", "humaneval-heldout", "seed", "bugfix-train", "bugfix-heldout", "dir:PATH")
+SUITE_NAMES = ("humaneval-train", "humaneval-heldout", "seed", "bugfix-train", "bugfix-heldout", "bugfix-seed",
+               "dir:PATH")
 
 
 class SuiteError(ValueError):
@@ -356,6 +358,8 @@ def _build(name: str, seed: int) -> list[SuiteTask]:
                           files={p.name: p.read_text() for p in sorted(SEED_DIR.iterdir()) if p.is_file()})]
     if name in ("bugfix-train", "bugfix-heldout"):
         return _bugfix_suite(name.split("-", 1)[1], seed)
+    if name == "bugfix-seed":
+        return _bugfix_from_seed(seed)
     raise SuiteError(f"unknown suite {name!r}; known: {', '.join(SUITE_NAMES)} (join with '+')")
 
 
@@ -403,7 +407,14 @@ def select_tasks(spec: str, seed: int = 0) -> Suite:
             tid = raw[7:]
             tid = tid if tid.startswith(("HumanEval/", "seed")) else f"HumanEval/{tid}"
             full = f"bugfix:{tid}"
-            found = pool("bugfix-train").get(full) or pool("bugfix-heldout").get(full)
+            source = tid.split("#", 1)[0]
+            if source == "seed":
+                found = pool("bugfix-seed").get(full)
+            else:  # generated per source problem (seeded per problem: the same tasks as in the suite)
+                problems = humaneval_problems()
+                if source not in problems:
+                    raise SuiteError(f"unknown HumanEval task {source}")
+                found = {t.id: t for t in _bugfix_from_humaneval(source, problems[source], seed)}.get(full)
             if found is None:
                 raise SuiteError(f"no bug-fix task {full} (the generator kept none for it, or the id is wrong)")
             chosen.append(found)
