@@ -60,6 +60,7 @@ class RoundsSection(BaseModel):
     max_samples: int = Field(0, ge=0)   # budget of generated replies (0: none)
     train: bool = True               # a training burst (and the gate) after each round
     train_steps: int = Field(30, ge=1)
+    tests_phase: bool = False        # edge-case tests for each solved task, kept when they kill a mutant
 
 
 class RunConfig(BaseModel):

@@ -45,6 +45,7 @@ from .audit import AuditLog
 from .backends import Backend, ReplayExhausted
 from .config import RunConfig
 from .evaluation import Attempt
+from .mutation import mutants
 from .policy import Policy
 from .protocol import apply_reply, reply_digest
 from .sandbox import SandboxLimits, SandboxResult, run_tests
@@ -87,6 +88,7 @@ class TaskOutcome(BaseModel):
     samples: list[Sample] = []
     hack_screen: dict[str, int] = {}
     generated: int = 0                # replies asked of the model (candidates + retries)
+    tests_outcome: str | None = None  # the edge-case test phase, when on
     timings: dict[str, float] = {}
 
     @property
@@ -115,6 +117,7 @@ class RoundRecord(BaseModel):
     solved_tasks: int = 0             # tasks with at least one verified candidate
     samples_added: int = 0            # new samples archived this round (after dedup)
     samples_total: int = 0
+    tests_kept: int = 0               # edge-case test replies kept by the mutation gate (tests phase on)
     rejections: dict[str, int] = {}
     verdicts: dict[str, int] = {}
     # Hack-screen counters per round (HOOK for the lead's screens, issue #11): filled by
@@ -160,6 +163,11 @@ def is_verified(attempt: Attempt, hidden_files: list[str]) -> bool:
     return total > 0 and passed == total and all(attempt.passed(f) for f in hidden_files)
 
 
+# Policy refusals that are attacks on the grader rather than malformed replies.
+HACK_CODES = {"protected_file", "hack_suspected", "shadows_module", "forbidden_file", "forbidden_directory",
+              "parent_reference", "absolute_path", "symlink_in_path", "test_directory", "not_source"}
+
+
 def hack_screen_counts(decision, result: SandboxResult | None) -> dict[str, int]:
     """HOOK: hack-screen counters for one candidate. Today: replies the policy refused as an attack
     on the tests (protected files), and sandbox verdicts that are not a clean pass/fail (tampered,
@@ -167,7 +175,7 @@ def hack_screen_counts(decision, result: SandboxResult | None) -> dict[str, int]
     result; the rounds report plots every key it finds."""
     out: dict[str, int] = {}
     for r in getattr(decision, "reasons", []) or []:
-        if r.code in ("protected_file", "path_traversal", "absolute_path", "symlink"):
+        if r.code in HACK_CODES:
             out[f"policy:{r.code}"] = out.get(f"policy:{r.code}", 0) + 1
     if result is not None:
         if result.verdict not in ("pass", "fail"):
@@ -333,6 +341,15 @@ class Rounds:
                         "adapter": self.backend.adapter_id, "reply_sha256": cand.reply_sha256}))
             for out in outcomes:
                 out.timings["sandbox"] = per_task
+            if self.rc.tests_phase:  # the seed's edge-case test phase, on each solved task's first fix
+                first: dict[str, tuple] = {}
+                for p in pending:
+                    if p[1].verified:
+                        first.setdefault(p[3].id, p)
+                for out, cand, ws, task, *_ in first.values():
+                    t1 = time.perf_counter()
+                    self._edge_tests(rnd, self.tasks[task.id], ws, out)
+                    out.timings["tests_phase"] = time.perf_counter() - t1
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         return outcomes
@@ -379,6 +396,44 @@ class Rounds:
         out.timings["generation"] = gen
         return out, runs
 
+    def _edge_tests(self, rnd: int, st: SuiteTask, ws: Workspace, out: TaskOutcome) -> None:
+        """Ask for edge-case tests of the verified code; keep them (as a sample) only when they pass on
+        it and kill at least one AST mutant of it (the loop's mutation gate)."""
+        protected = protected_files(ws.path)
+        policy = self.policy.model_copy(deep=True)
+        policy.protected = protected
+        sources = _sources(ws.path, protected)
+        messages = prompts.tests_messages(ws.path, sources, protected)
+        reply = self.backend.generate(messages, "tests", st.id, seed=_seed(self.rc.seed, rnd, st.id, "tests"))
+        out.generated += 1
+        applied = apply_reply(ws, self.audit, reply, "tests", policy, rnd, 0, write=False)
+        if not applied.decision.accepted:
+            out.tests_outcome = "refused: " + (applied.decision.reasons[0].code if applied.decision.reasons else "?")
+            return
+        candidate = {e.path: e.content for e in applied.decision.edits}
+        res = run_tests(ws.path, limits=self.limits, overlay=candidate, exclude=set(protected))
+        if res.verdict != "pass":
+            out.tests_outcome = f"fail on the verified code ({res.verdict})"
+            return
+        tried = 0
+        for rel in sources:
+            for m in mutants(ws.read(rel) or "", limit=self.config.run.max_mutants - tried):
+                tried += 1
+                if run_tests(ws.path, limits=self.limits, overlay={**candidate, rel: m.source},
+                             exclude=set(protected)).verdict != "pass":
+                    out.tests_outcome = f"kept: killed a mutant ({m.description})"
+                    out.samples.append(Sample(messages=messages + [{"role": "assistant", "content": reply}],
+                                              provenance={
+                        "run_id": self.state.run_id, "round": rnd, "phase": "tests", "task": st.id,
+                        "suite": self.suite.name, "source": st.source, "kind": st.kind, "candidate": -1,
+                        "workspace_commit": ws.head(), "verdict_digest": _digest(res),
+                        "model": self.backend.model_id, "adapter": self.backend.adapter_id,
+                        "reply_sha256": applied.digest, "mutant": m.description}))
+                    return
+            if tried >= self.config.run.max_mutants:
+                break
+        out.tests_outcome = f"asserts nothing: none of {tried} mutants killed"
+
     # ----- step: train and gate -----
     def step_train(self, rnd: int) -> BurstOutcome:
         if self.trainer is None:
@@ -424,7 +479,10 @@ class Rounds:
         self.audit.append("task_attempted", round=rec.round, task=out.task_id, candidates=len(out.candidates),
                           verified=out.verified, samples_added=added,
                           verdicts=[c.verdict for c in out.candidates],
-                          rejections=[c.rejection for c in out.candidates if c.rejection])
+                          rejections=[c.rejection for c in out.candidates if c.rejection],
+                          tests_phase=out.tests_outcome)
+        if out.tests_outcome and out.tests_outcome.startswith("kept"):
+            rec.tests_kept += 1
 
     def apply_burst(self, rec: RoundRecord, b: BurstOutcome) -> None:
         rec.burst = b

@@ -383,10 +383,12 @@ def load_suite(name: str, seed: int = 0, cache: Path | None = None) -> Suite:
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write(path, Suite(name=part, seed=seed, tasks=built).model_dump_json().encode())
         tasks += built
-    ids = [t.id for t in tasks]
-    if len(set(ids)) != len(ids):
-        raise SuiteError(f"suite {name}: a task appears twice")
-    return Suite(name=name, seed=seed, tasks=tasks)
+    unique: dict[str, SuiteTask] = {}
+    for t in tasks:  # a task in two joined suites (bugfix-seed+bugfix-train) counts once
+        if t.id in unique and unique[t.id] != t:
+            raise SuiteError(f"suite {name}: two different tasks are named {t.id}")
+        unique.setdefault(t.id, t)
+    return Suite(name=name, seed=seed, tasks=list(unique.values()))
 
 
 def select_tasks(spec: str, seed: int = 0) -> Suite:

@@ -119,6 +119,9 @@ class FakeBackend(Backend):
         return [reply(self.fixes[task]) if i % 2 == 0 else BAD for i in range(n)]
 
     def generate(self, messages, phase, task=None, seed=None):
+        if phase == "tests":
+            return json.dumps({"rationale": "r", "tests": [{"path": "test_gen_edge.py", "content":
+                               "from example import add\n\n\ndef test_gen_add():\n    assert add(2, 2) == 4\n"}]})
         return reply(self.fixes[task] + f"\n# retry {seed}\n")
 
     def load_adapter(self, path, adapter_id):
@@ -129,7 +132,7 @@ def fake_run_tests(fixes):
     def run(workspace, limits=None, overlay=None, **kw):
         from pathlib import Path
 
-        code = (Path(workspace) / "example.py").read_text()
+        code = (overlay or {}).get("example.py") or (Path(workspace) / "example.py").read_text()
         ok = any(code.startswith(f) for f in fixes.values())
         names = [p.name for p in Path(workspace).glob("test_*.py")] + sorted(overlay or {})
         tests = [{"nodeid": f"{n}::test_x", "outcome": "passed" if ok else "failed", "message": ""} for n in names]
@@ -240,3 +243,15 @@ def test_is_verified_needs_every_hidden_file():
     assert is_verified(Attempt(None, res, {"test_example.py"}), [])
     assert not is_verified(Attempt(None, res, {"test_example.py", "test_hidden.py"}), ["test_hidden.py"])
     assert not is_verified(Attempt(None, None, {"test_example.py"}), [])
+
+
+def test_edge_case_test_phase_keeps_mutant_killing_tests(tmp_path, monkeypatch, seed_suite):
+    suite, fixes = seed_suite
+    monkeypatch.setattr(rounds_mod, "run_tests", fake_run_tests(fixes))
+    state = Rounds(tmp_path / "run", cfg(rounds=1, tests_phase=True), FakeBackend(fixes), suite).run()
+    r = state.rounds[0]
+    assert r.tests_kept == 2 and r.generated == 6 + 2 + 2
+    lines = [json.loads(x) for x in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    tests = [x for x in lines if x["provenance"]["phase"] == "tests"]
+    # both tasks show the same fixed code and tests, so the same tests reply is one sample (deduplicated)
+    assert len(tests) == 1 and tests[0]["provenance"]["mutant"]
