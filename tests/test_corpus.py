@@ -1,0 +1,202 @@
+"""Acceptance corpus: real projects from pinned sdists, graded in their derived sandbox images.
+
+The sdists are fetched once by ``make corpus`` (``tests/corpus/sdists.txt`` -> ``tests/corpus_cache/``,
+ignored by git), never at test time. Each project gets its derived image (its own test
+dependencies, built offline from a host-downloaded wheelhouse; cached by the hash of its
+dependency specification), then must grade ``pass`` on its untouched code and ``fail`` with one
+injected bug.
+
+Shapes covered:
+- more-itertools 10.5.0: flat package, unittest-style tests with subTest, version-conditional skips
+- toolz 1.2.0: flat package with its tests inside the package, a skip for Python 3.14 only,
+  ``filterwarnings = error`` and ``--strict-config``; dependency group ``test``
+- attrs 24.2.0: src/ layout, a root ``conftest.py`` importing hypothesis, test extras (hypothesis,
+  pympler, cloudpickle, mypy...) with a self-referencing extra, package metadata read by its tests
+- packaging 24.1: src/ layout, ``tests/requirements.txt`` (pretend), platform-conditional skips
+- jaraco.functools 4.0.2: a namespace package (``jaraco/`` without ``__init__.py``), doctests
+  (``--doctest-modules``), ``--import-mode importlib``, a conftest.py, test extras
+
+DEPENDS ON THE LEAD'S WIRING (marked ``WIRING`` below):
+- baseline.rebase in ``run_tests(..., baseline=...)``: until then the tests apply ``rebase`` to the
+  reports themselves (the same function), so they hold either way;
+- ``RSI_PYTHONPATH`` (set by the derived image) put on the pytest child's ``PYTHONPATH`` by the
+  supervisor: without it, src layouts and importlib-mode projects cannot import their own code;
+  those cases are expected failures (``xfail``, strict) until the supervisor reads it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import shutil
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from orchestrator.project_image import ProjectImageError, build_project_image, project_spec
+from orchestrator.sandbox import SandboxLimits, connect, run_tests
+from orchestrator.sandbox_runner import supervisor
+from orchestrator.sandbox_runner.baseline import rebase
+
+pytestmark = pytest.mark.docker
+
+CACHE = Path(__file__).resolve().parent / "corpus_cache"
+# WIRING: the supervisor reads RSI_PYTHONPATH (the derived image's import roots).
+PYTHONPATH_WIRED = "RSI_PYTHONPATH" in inspect.getsource(supervisor)
+# WIRING: run_tests judges against a baseline itself.
+BASELINE_WIRED = "baseline" in inspect.signature(run_tests).parameters
+
+
+@dataclass(frozen=True)
+class Project:
+    sdist: str
+    bug: tuple[str, str, str]  # (file, original text, buggy text): one injected bug
+    needs_pythonpath: bool  # imports its own code only through RSI_PYTHONPATH
+    timeout_s: float = 240
+
+
+PROJECTS = {
+    "more-itertools": Project("more-itertools-10.5.0", (
+        "more_itertools/more.py", "return sum(compress(repeat(1), zip(iterable)))",
+        "return sum(compress(repeat(1), zip(iterable))) + 1"), False),
+    "toolz": Project("toolz-1.2.0", ("toolz/itertoolz.py", "    return next(iter(seq))\n",
+                                     "    return next(iter(seq[1:]))\n"), False),
+    "attrs": Project("attrs-24.2.0", (
+        "src/attr/filters.py", "value.__class__ in cls\n            or attribute.name in names",
+        "value.__class__ not in cls\n            or attribute.name in names"), True, 420),
+    "packaging": Project("packaging-24.1", (
+        "src/packaging/utils.py", '_canonicalize_regex.sub("-", name).lower()',
+        '_canonicalize_regex.sub("_", name).lower()'), True),
+    "jaraco.functools": Project("jaraco_functools-4.0.2", (
+        "jaraco/functools/__init__.py", "lambda *args, **kwargs: f1(f2(*args, **kwargs))",
+        "lambda *args, **kwargs: f2(f1(*args, **kwargs))"), True),
+}
+
+
+def unpack(name: str, dest: Path) -> Path:
+    """The project's sdist, unpacked under ``dest``; the sdist's top directory."""
+    sdist = PROJECTS[name].sdist
+    archive = CACHE / f"{sdist}.tar.gz"
+    if not archive.is_file():
+        pytest.fail(f"{archive} is missing: run `make corpus` (make test does)")
+    with tarfile.open(archive) as tar:
+        tar.extractall(dest, filter="data")
+    return dest / sdist
+
+
+def limits_for(name: str, image: str) -> SandboxLimits:
+    return SandboxLimits.load(image=image, timeout_s=PROJECTS[name].timeout_s, memory="1g", pids=256)
+
+
+@pytest.fixture(scope="module")
+def client():
+    c = connect()
+    c.images.get("rsi-sandbox:latest")
+    return c
+
+
+@pytest.fixture(scope="module", params=list(PROJECTS))
+def baseline(request, client, tmp_path_factory):
+    """(name, source dir, derived image tag, report of the untouched project)."""
+    name = request.param
+    src = unpack(name, tmp_path_factory.mktemp(name.replace(".", "_")))
+    tag = build_project_image(client, src)
+    result = run_tests(src, limits=limits_for(name, tag))
+    return name, src, tag, result
+
+
+def _needs_wiring(name: str) -> None:
+    if PROJECTS[name].needs_pythonpath and not PYTHONPATH_WIRED:
+        pytest.xfail("WIRING: the supervisor does not put the image's RSI_PYTHONPATH on pytest's path yet")
+
+
+def test_untouched_project_passes(baseline):
+    name, src, tag, result = baseline
+    report = result.model_dump()
+    judged = rebase(report, report)  # WIRING: what run_tests(..., baseline=...) will do itself
+    if judged["verdict"] != "pass":
+        _needs_wiring(name)
+    assert judged["verdict"] == "pass", (name, judged["reasons"], result.output[-3000:])
+    assert result.passed > 0 and result.failed == 0 and result.errors == 0
+    # Only skips explained by the baseline (same test, same reason, protected file) were excused.
+    assert len(judged["excused"]) == result.skipped
+    if BASELINE_WIRED:
+        again = run_tests(src, limits=limits_for(name, tag), baseline=result)
+        assert again.verdict == "pass", again.reasons
+
+
+def test_injected_bug_fails(baseline, tmp_path):
+    name, src, tag, base = baseline
+    if PROJECTS[name].needs_pythonpath and not PYTHONPATH_WIRED:
+        pytest.xfail("WIRING: without RSI_PYTHONPATH the tests import an installed copy, not the workspace")
+    path, old, new = PROJECTS[name].bug
+    work = tmp_path / "work"
+    shutil.copytree(src, work, symlinks=True)
+    text = (work / path).read_text()
+    assert text.count(old) == 1, f"the bug site in {path} is not unique"
+    (work / path).write_text(text.replace(old, new))
+    result = run_tests(work, limits=limits_for(name, tag))
+    assert result.verdict == "fail", (name, result.verdict, result.reasons, result.output[-3000:])
+    assert result.failed >= 1
+    assert rebase(result.model_dump(), base.model_dump())["verdict"] == "fail"
+    if BASELINE_WIRED:
+        assert run_tests(work, limits=limits_for(name, tag), baseline=base).verdict == "fail"
+
+
+def test_derived_image_is_reused_while_the_spec_is_unchanged(baseline, client):
+    name, src, tag, _ = baseline
+    image_id = client.images.get(tag).id
+    assert build_project_image(client, src) == tag
+    assert client.images.get(tag).id == image_id
+
+
+def test_specs_of_the_corpus(tmp_path):
+    specs = {name: project_spec(unpack(name, tmp_path / name.replace(".", "_"))) for name in PROJECTS}
+    assert specs["more-itertools"].requirements == [] and not specs["more-itertools"].needs_image
+    assert specs["toolz"].sources == ["pyproject.toml [dependency-groups] test"]
+    attrs = specs["attrs"]
+    assert attrs.import_roots == ["src"] and attrs.pythonpath == "/workspace/src"
+    assert any(r.startswith("hypothesis") for r in attrs.requirements)
+    assert any(r.startswith("mypy") for r in attrs.requirements)  # attrs[tests-mypy], inlined
+    assert not any(r.startswith("attrs") for r in attrs.requirements)  # never the project itself
+    assert attrs.version == "24.2.0"
+    assert "pretend" in specs["packaging"].requirements
+    assert specs["packaging"].sources == ["tests/requirements.txt"]
+    jaraco = specs["jaraco.functools"]
+    assert jaraco.name == "jaraco.functools" and jaraco.pythonpath == "/workspace"
+    assert "jaraco.classes" in jaraco.requirements
+
+
+def _tiny_project(root: Path, requirement: str) -> Path:
+    root.mkdir()
+    (root / "pkg.py").write_text("def one():\n    return 1\n")
+    (root / "test_pkg.py").write_text("import pkg\n\ndef test_one():\n    assert pkg.one() == 1\n")
+    (root / "requirements-test.txt").write_text(requirement + "\n")
+    return root
+
+
+def test_a_dependency_that_cannot_be_had_is_one_clear_line(client, tmp_path):
+    proj = _tiny_project(tmp_path / "p", "pretend==999.0.0")
+    with pytest.raises(ProjectImageError) as info:
+        build_project_image(client, proj)
+    message = str(info.value)
+    assert "\n" not in message and "pretend==999.0.0" in message
+
+
+def test_a_dependency_whose_compilation_fails_is_one_clear_line(client, tmp_path):
+    sdist_dir = tmp_path / "broken-1.0"
+    sdist_dir.mkdir()
+    (sdist_dir / "setup.py").write_text(
+        "from setuptools import setup, Extension\n"
+        "setup(name='broken', version='1.0', ext_modules=[Extension('broken', ['broken.c'])])\n")
+    (sdist_dir / "broken.c").write_text("#error this extension does not compile\n")
+    (sdist_dir / "PKG-INFO").write_text("Metadata-Version: 2.1\nName: broken\nVersion: 1.0\n")
+    archive = tmp_path / "broken-1.0.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(sdist_dir, arcname="broken-1.0")
+    proj = _tiny_project(tmp_path / "p", f"broken @ {archive.as_uri()}")
+    with pytest.raises(ProjectImageError) as info:
+        build_project_image(client, proj)
+    message = str(info.value)
+    assert "\n" not in message and "broken" in message and "failed" in message, message
