@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 
 LLAMA_STAMP := $(VENV)/.llama-server
 
-.PHONY: install images test test-fast bench run clean docker-check test-deps trainer-wheels trainer-gpu-image vllm vllm-optional
+.PHONY: install images test test-fast bench run clean docker-check test-deps corpus trainer-wheels trainer-gpu-image vllm vllm-optional
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -72,7 +72,18 @@ trainer-gpu-image: install docker-check
 PYTEST_RUN = rc=0; $(BIN)/python -m pytest -q $(1) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make: pytest collected no tests (exit 5): failing" >&2; fi; exit $$rc
 
-test: images test-deps
+# The acceptance corpus of real projects (tests/test_corpus.py): pinned sdists, downloaded once.
+CORPUS_STAMP := tests/corpus_cache/.stamp
+
+$(CORPUS_STAMP): tests/corpus/sdists.txt
+	mkdir -p tests/corpus_cache
+	$(PYTHON) -m pip download -q --disable-pip-version-check --no-binary :all: --no-deps \
+	  -d tests/corpus_cache -r tests/corpus/sdists.txt
+	touch $(CORPUS_STAMP)
+
+corpus: $(CORPUS_STAMP)
+
+test: images test-deps corpus
 	$(call PYTEST_RUN,)
 
 # No Docker and no llama.cpp server (those need `make images` / `make test-deps`).

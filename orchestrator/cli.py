@@ -68,8 +68,14 @@ def images() -> None:
 @click.option("--trainer-base-image", default=None,
               help="Base for the trainer (default: Debian bookworm via mmdebstrap for cpu; give a CUDA image for gpu).")
 @click.option("--force", is_flag=True, help="Rebuild even when the sources did not change.")
-def images_build(base_image: str | None, trainer_variant: str, trainer_base_image: str | None, force: bool) -> None:
-    """Build the sandbox and trainer images (fast when nothing changed)."""
+@click.option("--project", "project", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Also build PROJECT's derived sandbox image (its test dependencies; no trainer).")
+@click.option("--requirements", "requirements", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="With --project: take the dependencies from this requirements file.")
+def images_build(base_image: str | None, trainer_variant: str, trainer_base_image: str | None, force: bool,
+                 project: Path | None, requirements: Path | None) -> None:
+    """Build the sandbox and trainer images (fast when nothing changed); with --project, the
+    sandbox image and the project's derived image (tag printed on stdout)."""
     from .images import build_sandbox_image, build_trainer_image
     from .sandbox import InfraError, connect
 
@@ -81,7 +87,17 @@ def images_build(base_image: str | None, trainer_variant: str, trainer_base_imag
 
     try:
         tag = build_sandbox_image(client, base_image=base_image, force=force)
-        click.echo(f"sandbox image ready: {tag}")
+        click.echo(f"sandbox image ready: {tag}", err=project is not None)
+        if project is not None:
+            from .project_image import ProjectImageError, build_project_image
+
+            try:
+                click.echo(build_project_image(client, project, requirements, base=tag, force=force))
+            except ProjectImageError as exc:
+                _fail_infra(str(exc))
+            return
+        if requirements is not None:
+            raise click.UsageError("--requirements goes with --project")
         if trainer_variant != "none":
             if trainer_variant == "gpu" and not trainer_base_image:
                 trainer_base_image = "nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04"
