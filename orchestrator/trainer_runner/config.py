@@ -23,7 +23,8 @@ class TrainConfig(BaseModel):
     seed: int = 3407
     load_in_4bit: bool | None = None   # None: 4-bit on GPU, full precision on CPU
     optim: str | None = None           # None: adamw_8bit on GPU, adamw_torch on CPU
-    packing: bool = False              # pack short samples into full rows (padding-free batches)
+    packing: bool | None = None        # pack samples into rows of max_length (padding-free); None: on GPU
+    group_by_length: bool | None = None  # batches of similar lengths (less padding); None: on GPU
     min_samples: int = Field(1, ge=1)
     max_samples: int = Field(100_000, ge=1)
     max_file_bytes: int = Field(256 * 1024 * 1024, ge=1024)

@@ -3,8 +3,11 @@
     python -m rsi_trainer --samples S --config C --model-dir M --output O
 
 Unsloth is imported before transformers/trl/peft (it patches them). On a GPU the base is
-loaded in 4 bit and the optimizer is AdamW 8-bit; on the CPU Unsloth's fallback trains in
-full precision with AdamW. Loss covers the assistant's reply only (prompt-completion rows).
+loaded in 4 bit, the optimizer is AdamW 8-bit, samples are packed into rows of max_length
+(padding-free: Unsloth keeps packed samples apart in attention; it turns packing off itself
+for architectures it cannot pack, e.g. gpt-oss) and batches are grouped by length (less
+padding where packing is off); Unsloth's loss is chunked/fused. On the CPU Unsloth's fallback
+trains in full precision with AdamW, unpacked, in random order. Loss covers the assistant's reply only (prompt-completion rows).
 Everything is written to a temporary directory inside O and renamed into place at the
 end, so a failed run leaves no adapter behind. Exit 0 on success, 2 on bad input, 1 on a
 training failure.
@@ -40,9 +43,11 @@ def _peak_memory_gib(gpu: bool) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
-def _step_timer():
+def _step_timer(sync=None):
     """A TrainerCallback recording each optimizer step's wall time (warm-up can be left out)."""
     from transformers import TrainerCallback
+
+    sync = sync or (lambda: None)
 
     class StepTimer(TrainerCallback):
         def __init__(self):
@@ -50,9 +55,11 @@ def _step_timer():
             self._start = 0.0
 
         def on_step_begin(self, args, state, control, **kw):
+            sync()
             self._start = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kw):
+            sync()
             self.seconds.append(time.perf_counter() - self._start)
 
     return StepTimer()
@@ -70,6 +77,8 @@ def train(rows: list[dict], digest: str, cfg: TrainConfig, model_dir: Path, out:
     if load_in_4bit and not gpu:
         raise ValueError("load_in_4bit needs a GPU")
     optim = cfg.optim or ("adamw_8bit" if gpu else "adamw_torch")
+    packing = gpu if cfg.packing is None else cfg.packing
+    group_by_length = gpu if cfg.group_by_length is None else cfg.group_by_length
     model, tokenizer = FastLanguageModel.from_pretrained(
         model_name=str(model_dir), max_seq_length=cfg.max_length, load_in_4bit=load_in_4bit,
         dtype=None if gpu else torch.float32, local_files_only=True)
@@ -82,10 +91,11 @@ def train(rows: list[dict], digest: str, cfg: TrainConfig, model_dir: Path, out:
         output_dir=str(out / "checkpoints"), per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.learning_rate,
         num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, max_length=cfg.max_length, seed=cfg.seed,
-        optim=optim, logging_steps=1, save_strategy="no", report_to="none", packing=cfg.packing,
+        optim=optim, logging_steps=1, save_strategy="no", report_to="none", packing=packing,
         completion_only_loss=True, bf16=gpu and torch.cuda.is_bf16_supported(), fp16=False,
-        dataloader_num_workers=0, use_cpu=not gpu, lr_scheduler_type="linear", warmup_steps=0)
-    timer = _step_timer()
+        dataloader_num_workers=0, use_cpu=not gpu, lr_scheduler_type="linear", warmup_steps=0,
+        train_sampling_strategy="group_by_length" if group_by_length else "random")
+    timer = _step_timer(torch.cuda.synchronize if gpu else None)
     trainer = SFTTrainer(model=model, processing_class=tokenizer, train_dataset=dataset, args=args, callbacks=[timer])
     if gpu:
         torch.cuda.reset_peak_memory_stats()
@@ -109,6 +119,10 @@ def train(rows: list[dict], digest: str, cfg: TrainConfig, model_dir: Path, out:
         "tokens_per_s_after_warmup": steady,
         "peak_memory_gib": round(_peak_memory_gib(gpu), 3), "samples": len(rows), "data_sha256": digest,
         "device": "cuda" if gpu else "cpu", "load_in_4bit": load_in_4bit, "optim": optim,
+        # what the trainer actually did (Unsloth may turn packing / padding-free off for an architecture)
+        "packing": bool(getattr(trainer.args, "packing", False)),
+        "padding_free": bool(getattr(trainer.args, "padding_free", False)),
+        "sampling": trainer.args.train_sampling_strategy,
         "config": cfg.model_dump(),
     }
 
