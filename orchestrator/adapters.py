@@ -9,6 +9,7 @@ promotes the adapter when the gate says so (otherwise it is kept, not promoted).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -20,6 +21,47 @@ from pydantic import BaseModel, Field
 from .workspace import atomic_write
 
 BASE = "base"  # the base model without an adapter
+
+
+class AdapterRefused(RuntimeError):
+    """An adapter that must not be served: a corrupted directory, or one the engine failed to serve."""
+
+
+def check_adapter_dir(path: Path, max_rank: int | None = None) -> str:
+    """Refuse a corrupted PEFT adapter directory before any engine sees it; returns the weights'
+    SHA-256. Checks: adapter_config.json is JSON with a LoRA rank (within ``max_rank``) and target
+    modules; adapter_model.safetensors has a readable header whose tensors end exactly at the end
+    of the file (a truncated or padded file is refused)."""
+    path = Path(path)
+    name = path.name
+    if not path.is_dir():
+        raise AdapterRefused(f"adapter {name}: no directory {path}")
+    try:
+        config = json.loads((path / "adapter_config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise AdapterRefused(f"adapter {name}: unreadable adapter_config.json ({exc.__class__.__name__})") from exc
+    rank = config.get("r") if isinstance(config, dict) else None
+    if not isinstance(rank, int) or rank < 1 or not config.get("target_modules"):
+        raise AdapterRefused(f"adapter {name}: adapter_config.json has no LoRA rank or target modules")
+    if max_rank is not None and rank > max_rank:
+        raise AdapterRefused(f"adapter {name}: LoRA rank {rank} exceeds the engine's maximum {max_rank}")
+    weights = path / "adapter_model.safetensors"
+    try:
+        data = weights.read_bytes()
+    except OSError as exc:
+        raise AdapterRefused(f"adapter {name}: no readable adapter_model.safetensors") from exc
+    try:
+        size = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8:8 + size]) if len(data) >= 8 + size and size > 0 else None
+        ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"]
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError):
+        header, ends = None, []
+    if not header or not ends:
+        raise AdapterRefused(f"adapter {name}: adapter_model.safetensors has no readable tensor header")
+    if 8 + size + max(ends) != len(data):
+        raise AdapterRefused(f"adapter {name}: adapter_model.safetensors is {len(data)} bytes, its header "
+                             f"says {8 + size + max(ends)} (truncated or corrupted)")
+    return hashlib.sha256(data).hexdigest()
 
 
 class AdapterMeta(BaseModel):
@@ -90,8 +132,8 @@ class Registry:
     def _write_meta(self, meta: AdapterMeta) -> None:
         atomic_write(self.path(meta.id) / "meta.json", meta.model_dump_json(indent=2).encode())
 
-    def record_decision(self, adapter_id: str, promote: bool, decision: str, score: float,
-                        parent_score: float, comparison: dict | None = None) -> AdapterMeta:
+    def record_decision(self, adapter_id: str, promote: bool, decision: str, score: float | None,
+                        parent_score: float | None, comparison: dict | None = None) -> AdapterMeta:
         """Write the gate's verdict into the adapter's meta and promote it when the gate says so."""
         meta = self.meta(adapter_id)
         meta.score, meta.parent_score, meta.decision = score, parent_score, decision

@@ -5,8 +5,14 @@
   one). When none is left, ``ReplayExhausted`` stops the run cleanly.
 - ``openai``: any OpenAI-compatible server (vLLM, llama.cpp server, Ollama), with the
   phase's JSON schema as ``response_format``.
+- ``vllm``: a vLLM server (managed by engine.py, or external with a base URL): the same
+  OpenAI API plus runtime LoRA loading (each adapter under a versioned name, switched to only
+  after a load probe) and batched sampling (one request with ``n``).
 - ``local``: in-process transformers (+ PEFT adapters, swapped without a restart), with
-  JSON-schema-constrained decoding by xgrammar. Default model: the embedded SmolLM2.
+  JSON-schema-constrained decoding by xgrammar. Default model: the embedded SmolLM2. The
+  fallback where vLLM cannot be installed.
+
+``auto`` (the default) is ``vllm`` where its venv exists, else ``local``.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from pathlib import Path
 
 import requests
 
+from .adapters import AdapterRefused, check_adapter_dir
 from .schema import json_schema
 
 # Decoding-time constraints (stricter than validation, which the policy does): small models
@@ -75,10 +82,21 @@ class Backend:
     name = "base"
     model_id = "unknown"
     adapter_id: str | None = None
+    # What the backend can do: "adapters" (hot-loads LoRA adapters: training is allowed),
+    # "batching" (generate_many is one batched request), "seeds" (reproducible sampling).
+    capabilities: frozenset[str] = frozenset()
 
     def generate(self, messages: list[dict], phase: str, task: str | None = None, seed: int | None = None) -> str:
         """One reply. ``seed``: sample (reproducibly) instead of decoding greedily, where supported."""
         raise NotImplementedError
+
+    def generate_many(self, messages: list[dict], phase: str, task: str | None = None, n: int = 1,
+                      temperature: float = 0.8, seed: int | None = None) -> list[str]:
+        """``n`` replies to one prompt. Here: ``generate`` n times with seeds seed+i (greedy when
+        n == 1 and no seed); backends with "batching" send them as one batch."""
+        if n == 1 and seed is None:
+            return [self.generate(messages, phase, task)]
+        return [self.generate(messages, phase, task, seed=(seed or 0) + i) for i in range(n)]
 
     def snapshot(self) -> dict:
         """Serializable position (for resume)."""
@@ -88,7 +106,12 @@ class Backend:
         pass
 
     def load_adapter(self, path: Path | None, adapter_id: str | None) -> None:
+        """Serve ``path`` as ``adapter_id`` (None: the base model). Raises AdapterRefused (and
+        stays on the current model) when the adapter is corrupted or not served."""
         raise BackendError(f"the {self.name} backend cannot load adapters")
+
+    def close(self) -> None:
+        """Release what the backend started (a managed server)."""
 
 
 class ReplayBackend(Backend):
@@ -150,8 +173,11 @@ class OpenAIBackend(Backend):
         except requests.RequestException as exc:
             raise BackendError(f"cannot reach {self.base_url}: {exc}") from exc
 
+    def _request_model(self) -> str:
+        return self.model_id
+
     def generate(self, messages, phase, task=None, seed=None):
-        body = {"model": self.model_id, "messages": messages, "max_tokens": self.max_tokens,
+        body = {"model": self._request_model(), "messages": messages, "max_tokens": self.max_tokens,
                 "temperature": self.temperature if seed is None else max(self.temperature, 0.8),
                 "response_format": self._response_format(phase)}
         if seed is not None:
@@ -169,10 +195,159 @@ class OpenAIBackend(Backend):
             raise BackendError(f"unexpected answer from {self.base_url}: {resp.text[:300]}") from exc
 
 
+PROBE_MESSAGES = [{"role": "user", "content": "Write a Python function that returns the sum of a list of numbers."}]
+PROBE_TOKENS = 16
+PROBE_TOLERANCE = 1e-3  # logprob difference that counts as "differs" (well above the engine's rounding)
+
+
+class VLLMBackend(OpenAIBackend):
+    """A vLLM server (engine.Engine, or external): OpenAI API, runtime LoRA, batched sampling.
+
+    Adapters are loaded under a versioned, content-addressed name (``v0003-<weights digest>``),
+    never re-loaded in place, and served only after a load probe: the fixed ``PROBE_MESSAGES``,
+    greedy, must give tokens or logprobs that differ from the base model's and from the model it
+    replaces. A refused adapter is unloaded again and the backend stays on the current model.
+    Switching away from an adapter (rollback, a gate that keeps the current model) unloads it.
+    """
+
+    name = "vllm"
+    capabilities = frozenset({"adapters", "batching", "seeds"})
+
+    def __init__(self, base_url: str, model_id: str, served_model: str = "base", engine=None,
+                 max_tokens: int = 1024, max_lora_rank: int = 16, model_dir: Path | None = None,
+                 timeout_s: float = 900):
+        super().__init__(base_url, served_model, max_tokens=max_tokens, timeout_s=timeout_s)
+        self.model_id, self.served_model, self.engine = model_id, served_model, engine
+        self.max_lora_rank, self.model_dir = max_lora_rank, model_dir
+        self.served: str | None = None   # the engine's name of the current adapter (None: base)
+        self.loaded: set[str] = set()    # adapter names this backend loaded into the engine
+        self.probes: dict[str, tuple] = {}
+        self.verified: set[str] = set()  # adapters that passed a probe against the model they replaced
+        self.last_tokens = 0
+
+    @property
+    def root_url(self) -> str:
+        return self.base_url[:-3] if self.base_url.endswith("/v1") else self.base_url
+
+    def _request_model(self) -> str:
+        return self.served or self.served_model
+
+    def _response_format(self, phase: str) -> dict:
+        # vLLM's grammar engine (xgrammar) honours the decoding bounds, as the local backend's does
+        content_max = max(256, self.max_tokens * 2 // DECODING_MAX_FILES)
+        return {"type": "json_schema", "json_schema": {"name": f"{phase}_reply", "strict": True,
+                                                       "schema": decoding_schema(phase, content_max)}}
+
+    def _chat(self, body: dict) -> dict:
+        resp = self._post(body)
+        if resp.status_code != 200:
+            raise BackendError(f"{self.base_url} answered {resp.status_code}: {resp.text[:300]}")
+        try:
+            out = resp.json()
+            self.last_tokens = int(out.get("usage", {}).get("completion_tokens", 0))
+            return out
+        except ValueError as exc:
+            raise BackendError(f"unexpected answer from {self.base_url}: {resp.text[:300]}") from exc
+
+    def generate(self, messages, phase, task=None, seed=None):
+        """Greedy, or sampled at temperature 0.8 with ``seed``."""
+        return self.generate_many(messages, phase, task, n=1, temperature=0.0 if seed is None else 0.8, seed=seed)[0]
+
+    def generate_many(self, messages, phase, task=None, n=1, temperature=0.8, seed=None):
+        """``n`` replies in one request (vLLM batches them); greedy when n == 1 and temperature 0."""
+        if n < 1:
+            raise ValueError("n must be at least 1")
+        if n > 1 and temperature <= 0:
+            raise ValueError("n > 1 samples need temperature > 0 (greedy decoding gives one reply)")
+        body = {"model": self._request_model(), "messages": messages, "max_tokens": self.max_tokens, "n": n,
+                "temperature": temperature, "response_format": self._response_format(phase)}
+        if seed is not None:
+            body["seed"] = seed
+        out = self._chat(body)
+        try:
+            return [c["message"]["content"] or "" for c in sorted(out["choices"], key=lambda c: c["index"])]
+        except (KeyError, TypeError) as exc:
+            raise BackendError(f"unexpected answer from {self.base_url}: {str(out)[:300]}") from exc
+
+    # ----- adapters -----
+    def _admin(self, action: str, body: dict) -> requests.Response:
+        try:
+            return requests.post(f"{self.base_url}/{action}_lora_adapter", json=body, timeout=120)
+        except requests.RequestException as exc:
+            raise BackendError(f"cannot reach {self.base_url}: {exc}") from exc
+
+    def _unload(self, name: str) -> None:
+        self._admin("unload", {"lora_name": name})  # 404 (not loaded) is fine
+        self.loaded.discard(name)
+
+    def probe(self, name: str) -> tuple[tuple[str, ...], tuple[float, ...]]:
+        """Greedy tokens and their logprobs for the fixed probe prompt under ``name`` (cached until
+        the name is loaded again: names are content-addressed)."""
+        if name not in self.probes:
+            out = self._chat({"model": name, "messages": PROBE_MESSAGES, "max_tokens": PROBE_TOKENS,
+                              "temperature": 0, "logprobs": True})
+            try:
+                content = out["choices"][0]["logprobs"]["content"]
+            except (KeyError, IndexError, TypeError) as exc:
+                raise BackendError(f"the engine returned no logprobs for the load probe: {str(out)[:200]}") from exc
+            self.probes[name] = (tuple(t["token"] for t in content), tuple(float(t["logprob"]) for t in content))
+        return self.probes[name]
+
+    @staticmethod
+    def probes_differ(a: tuple, b: tuple) -> bool:
+        if a[0] != b[0]:
+            return True
+        return any(abs(x - y) > PROBE_TOLERANCE for x, y in zip(a[1], b[1]))
+
+    def _verify(self, name: str, adapter_id: str) -> None:
+        """Against the base model always; against the model it replaces on its first load (a
+        re-load, e.g. back to the previous adapter after a gate, needs only to reach the engine)."""
+        self.probes.pop(name, None)
+        new = self.probe(name)
+        against = [("the base model", self.served_model)]
+        if self.served and name not in self.verified:
+            against.append((f"the current adapter {self.adapter_id}", self.served))
+        for what, other in against:
+            if not self.probes_differ(new, self.probe(other)):
+                raise AdapterRefused(f"adapter {adapter_id} refused: its load probe (greedy tokens and logprobs "
+                                     f"on a fixed prompt) equals {what}'s, so the engine does not serve its weights")
+        self.verified.add(name)
+
+    def load_adapter(self, path, adapter_id):
+        if path is None:
+            self._switch(None, None)
+            return
+        digest = check_adapter_dir(path, self.max_lora_rank)
+        name = f"{adapter_id}-{digest[:10]}"
+        if name not in self.loaded:
+            resp = self._admin("load", {"lora_name": name, "lora_path": str(Path(path).resolve())})
+            if resp.status_code != 200 and "already" not in resp.text:  # same name = same weights
+                raise AdapterRefused(f"adapter {adapter_id} refused: the engine could not load it "
+                                     f"({resp.status_code}: {resp.text[:200]})")
+            self.loaded.add(name)
+            try:
+                self._verify(name, adapter_id)
+            except BaseException:
+                self._unload(name)
+                raise
+        self._switch(name, adapter_id)
+
+    def _switch(self, name: str | None, adapter_id: str | None) -> None:
+        old = self.served
+        self.served, self.adapter_id = name, adapter_id
+        if old and old != name:
+            self._unload(old)
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.stop()
+
+
 class LocalBackend(Backend):
     """transformers + PEFT in process; greedy decoding constrained by xgrammar."""
 
     name = "local"
+    capabilities = frozenset({"adapters", "seeds"})
 
     def __init__(self, model_dir: Path | str, model_id: str, max_new_tokens: int = 768, threads: int | None = None,
                  retry_temperature: float = 0.8):
@@ -233,6 +408,8 @@ class LocalBackend(Backend):
         PEFT injects LoRA layers into the base module in place, so they are unloaded first."""
         from peft import PeftModel
 
+        if path is not None:
+            check_adapter_dir(path)  # a corrupted directory is refused before anything changes
         if isinstance(self.model, PeftModel):
             self.base = self.model.unload()
         self.model, self.adapter_id = self.base, None
@@ -242,17 +419,67 @@ class LocalBackend(Backend):
             self.adapter_id = adapter_id
 
 
-def make_backend(name: str, config, replies: Path | None = None) -> Backend:
+def resolve_backend(name: str) -> str:
+    """``auto`` -> ``vllm`` where the vLLM venv exists, else ``local``."""
+    if name != "auto":
+        return name
+    from .engine import available
+
+    return "vllm" if available() else "local"
+
+
+def _stderr(line: str) -> None:
+    import sys
+
+    print(line, file=sys.stderr, flush=True)
+
+
+def make_vllm_backend(config, base_url: str | None = None, say=_stderr) -> VLLMBackend:
+    """The vllm backend on ``base_url`` (or ``[engine] base_url``), else on a managed server
+    started here and stopped by ``close()`` (and at exit)."""
+    from .engine import Engine, EngineError, EngineSpec
+
+    e = config.engine
+    url = base_url or e.base_url
+    model_dir = Path(e.model) if e.model else None
+    if model_dir is None:
+        from .embedded_model import MODEL_ID, ensure_converted
+
+        try:
+            model_dir = ensure_converted()
+        except (FileNotFoundError, ImportError) as exc:
+            raise BackendError(f"embedded model unavailable: {exc}") from exc
+        model_name = MODEL_ID
+    else:
+        model_name = model_dir.name
+    engine = None
+    if not url:
+        spec = EngineSpec(model_dir, served_name=e.served_model, port=e.port, max_model_len=e.max_model_len,
+                          max_lora_rank=e.max_lora_rank, kv_cache_gib=e.kv_cache_gib,
+                          startup_timeout_s=e.startup_timeout_s, extra_args=list(e.extra_args))
+        try:
+            engine = Engine(spec).start(say)
+        except EngineError as exc:
+            raise BackendError(str(exc)) from exc
+        url = engine.base_url
+    return VLLMBackend(url, f"vllm/{model_name}", served_model=e.served_model, engine=engine,
+                       max_tokens=config.model.max_new_tokens, max_lora_rank=e.max_lora_rank, model_dir=model_dir)
+
+
+def make_backend(name: str, config, replies: Path | None = None, base_url: str | None = None) -> Backend:
     """Build the backend a run asked for (``config`` is a RunConfig)."""
     import os
 
+    name = resolve_backend(name)
+    if name == "vllm":
+        return make_vllm_backend(config, base_url)
     if name == "replay":
         if replies is None:
             raise BackendError("the replay backend needs --replies FILE")
         return ReplayBackend(replies)
     if name == "openai":
         m = config.model
-        return OpenAIBackend(m.openai_base_url, m.openai_model, os.environ.get(m.openai_api_key_env))
+        return OpenAIBackend(base_url or m.openai_base_url, m.openai_model, os.environ.get(m.openai_api_key_env))
     if name == "local":
         from .embedded_model import MODEL_ID, ensure_converted
 
@@ -261,4 +488,4 @@ def make_backend(name: str, config, replies: Path | None = None) -> Backend:
         except (FileNotFoundError, ImportError) as exc:
             raise BackendError(f"embedded model unavailable: {exc}") from exc
         return LocalBackend(path, MODEL_ID, max_new_tokens=config.model.max_new_tokens)
-    raise BackendError(f"unknown backend {name!r} (local, openai, replay)")
+    raise BackendError(f"unknown backend {name!r} (auto, vllm, local, openai, replay)")

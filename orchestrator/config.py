@@ -8,12 +8,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .gpu import GpuSection
 from .policy import POLICIES_DIR
 
 
 class RunSection(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    backend: str = "local"
+    backend: str = "auto"  # auto: vllm where its venv exists, else local
     max_iterations: int = Field(6, ge=1)
     plateau_patience: int = Field(3, ge=0)
     improvement_margin: int = Field(0, ge=0)
@@ -30,6 +31,21 @@ class ModelSection(BaseModel):
     openai_base_url: str = "http://127.0.0.1:8080/v1"
     openai_model: str = "default"
     openai_api_key_env: str = "OPENAI_API_KEY"
+
+
+class EngineSection(BaseModel):
+    """The vllm backend's server (orchestrator/engine.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+    base_url: str = ""            # an external vLLM server (http://host:port/v1); empty: start one
+    served_model: str = "base"    # its --served-model-name
+    model: str = ""               # base model directory; empty: the embedded SmolLM2
+    port: int = Field(0, ge=0, le=65535)  # 0: a free port
+    max_model_len: int = Field(2048, ge=256)
+    max_lora_rank: int = Field(16, ge=1)
+    kv_cache_gib: float = Field(2, gt=0)  # CPU build: VLLM_CPU_KVCACHE_SPACE
+    startup_timeout_s: float = Field(600, gt=0)
+    extra_args: list[str] = Field(default_factory=list)  # more vLLM server flags
 
 
 class GateSection(BaseModel):
@@ -69,6 +85,8 @@ class RunConfig(BaseModel):
     model: ModelSection = ModelSection()
     gate: GateSection = GateSection()
     rounds: RoundsSection = RoundsSection()
+    gpu: GpuSection = GpuSection()  # the GPU profile (orchestrator/gpu.py)
+    engine: EngineSection = EngineSection()
 
     @classmethod
     def load(cls, path: Path | None = None, **overrides) -> "RunConfig":

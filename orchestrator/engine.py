@@ -75,6 +75,8 @@ class EngineSpec:
                 "--model", str(self.model_dir), "--served-model-name", self.served_name,
                 "--enable-lora", "--max-lora-rank", str(self.max_lora_rank), "--max-loras", str(self.max_loras),
                 "--max-model-len", str(self.max_model_len), "--host", self.host, "--port", str(port),
+                # compact JSON: with free whitespace a small model fills the token budget with newlines
+                "--structured-outputs-config", json.dumps({"backend": "xgrammar", "disable_any_whitespace": True}),
                 *self.extra_args]
 
 

@@ -90,14 +90,33 @@ def summarize(results: list[ProblemResult], k: int = 1) -> dict:
             "samples_per_problem": results[0].n if results else 0}
 
 
+SAMPLE_TEMPERATURE = 0.8
+
+
+class _Batch:
+    """The n samples of one problem from one ``generate_many`` call (a batch on the vllm backend),
+    handed to the n graded attempts one by one (every attempt asks the same prompt)."""
+
+    def __init__(self, backend, n: int, seed: int):
+        self.backend, self.n, self.seed = backend, n, seed
+        self.replies: list[str] | None = None
+        self.name, self.model_id, self.adapter_id = backend.name, backend.model_id, backend.adapter_id
+
+    def generate(self, messages, phase, task=None, seed=None):
+        if self.replies is None:
+            self.replies = self.backend.generate_many(messages, phase, task, n=self.n,
+                                                      temperature=SAMPLE_TEMPERATURE, seed=self.seed)
+        return self.replies.pop(0)
+
+
 def evaluate_problem(backend, task_id: str, n: int, limits: SandboxLimits, tmp: Path,
                      seed_base: int = 0) -> ProblemResult:
     task = humaneval_task(task_id, tmp / "tasks")
     hidden = next(iter(task.hidden_tests))
     verdicts, correct, rejected, reasons = [], 0, 0, []
+    batch = _Batch(backend, n, seed_base) if n > 1 else backend  # sample i has seed seed_base + i
     for s in range(n):
-        attempt = attempt_task(backend, task, tmp / f"ws-{humaneval_number(task_id)}-{s}", limits,
-                               seed=seed_base + s if n > 1 else None)
+        attempt = attempt_task(batch, task, tmp / f"ws-{humaneval_number(task_id)}-{s}", limits)
         if attempt.result is None:
             verdicts.append("rejected")
             rejected += 1

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import gate
-from .adapters import Registry
+from .adapters import BASE, AdapterRefused, Registry
 from .config import GateSection
 from .sandbox import SandboxLimits
 from .trainer import TrainerInputError, run_training
@@ -57,7 +57,15 @@ def burst(run_dir: Path, samples: Path, n_samples: int, backend, audit, model_di
 
     say(f"gate: {len(ids)} {gate_cfg.split} problems, current model ({previous or 'base'}) then {meta.id}")
     current = gate.model_results(backend, registry, ids, limits, on_problem=progress)
-    backend.load_adapter(registry.path(meta.id), meta.id)
+    try:  # the backend serves it only after its checks (vllm: a load probe); else it stays on `previous`
+        backend.load_adapter(registry.path(meta.id), meta.id)
+    except AdapterRefused as exc:
+        reason = str(exc)
+        registry.record_decision(meta.id, False, f"refused: {reason}", None, None)
+        audit.append("adapter_refused", iteration=iteration, adapter=meta.id, reason=reason,
+                     current=previous or BASE)
+        say(f"adapter {meta.id}: {reason}; staying on {previous or 'base'}")
+        return BurstResult(meta.id, False, False, None, reason)
     new = gate.model_results(backend, registry, ids, limits, on_problem=progress)
     comparison = gate.compare(current, new)
     promote, improved, decision = gate.decide(comparison, gate_cfg)
@@ -74,8 +82,8 @@ def burst(run_dir: Path, samples: Path, n_samples: int, backend, audit, model_di
 
 
 class TrainHook:
-    """The loop's training step (every ``train_every`` iterations; local backend), gated by the run
-    config's [gate] section."""
+    """The loop's training step (every ``train_every`` iterations; backends that hot-load adapters),
+    gated by the run config's [gate] section."""
 
     def __init__(self, model_dir: Path, config: TrainConfig | None = None, gpu: bool = False):
         self.model_dir, self.config, self.gpu = Path(model_dir), config or TrainConfig(), gpu
