@@ -66,7 +66,7 @@ def test_burst_trains_gates_switches_and_survives_resume(tmp_path, sandbox_image
     assert resumed.backend.adapter_id == "v0001"
 
     # the same comparison from the CLI: an adapter against the base model, paired, on one problem
-    out = subprocess.run([sys.executable, "-m", "orchestrator.cli", "eval", "--tasks", "5", "--adapter", "v0001",
+    out = subprocess.run([sys.executable, "-m", "orchestrator.cli", "eval", "--backend", "local", "--tasks", "5", "--adapter", "v0001",
                           "--baseline", "none", "--run-dir", str(run), "--out", str(tmp_path / "ev"), "--json"],
                          capture_output=True, text=True, cwd=ROOT, timeout=900)
     assert out.returncode == 0, out.stderr[-2000:]
