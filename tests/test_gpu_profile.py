@@ -1,0 +1,168 @@
+"""The GPU profile's configuration, run on the CPU (issue 15): detection, the one-line error, the vLLM
+GPU command line and container arguments, the memory plan and sleep mode, the trainer's GPU config."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from orchestrator import gpu
+from orchestrator.engine import EngineSpec
+from orchestrator.gpu import GpuProfileError, GpuSection
+
+
+class FakeClient:
+    def __init__(self, runtimes):
+        self.runtimes = runtimes
+        self.calls = 0
+
+    def info(self):
+        self.calls += 1
+        return {"Runtimes": self.runtimes}
+
+
+NVIDIA = {"runc": {"path": "runc"}, "nvidia": {"path": "nvidia-container-runtime"}}
+PLAIN = {"runc": {"path": "runc"}, "io.containerd.runc.v2": {"path": "runc"}}
+
+
+def test_detection_reads_the_engine_runtimes():
+    assert gpu.nvidia_runtime(FakeClient(NVIDIA))
+    assert gpu.nvidia_runtime(FakeClient({"nvidia-cdi": {}}))
+    assert not gpu.nvidia_runtime(FakeClient(PLAIN))
+    assert not gpu.nvidia_runtime(FakeClient(None))
+
+
+def test_auto_follows_the_runtime_and_never_fails():
+    auto = GpuSection()
+    assert gpu.resolve(None, auto, connect=lambda: FakeClient(NVIDIA)) is True
+    assert gpu.resolve(None, auto, connect=lambda: FakeClient(PLAIN)) is False
+
+    def no_docker():
+        raise RuntimeError("no Docker daemon")
+
+    assert gpu.resolve(None, auto, connect=no_docker) is False  # the CPU path, unchanged
+
+
+def test_gpu_without_runtime_is_one_clear_error():
+    for flag, section in ((True, GpuSection()), (None, GpuSection(enabled="on"))):
+        with pytest.raises(GpuProfileError) as err:
+            gpu.resolve(flag, section, connect=lambda: FakeClient(PLAIN))
+        message = str(err.value)
+        assert "\n" not in message and "NVIDIA Container Toolkit" in message and "--gpu" in message
+    with pytest.raises(GpuProfileError, match="cannot be reached"):
+        gpu.resolve(True, GpuSection(), connect=lambda: (_ for _ in ()).throw(RuntimeError("refused")))
+
+
+def test_off_never_asks_docker():
+    client = FakeClient(NVIDIA)
+    assert gpu.resolve(False, GpuSection(enabled="on"), connect=lambda: client) is False
+    assert gpu.resolve(None, GpuSection(enabled="off"), connect=lambda: client) is False
+    assert client.calls == 0
+
+
+def test_vllm_gpu_command_line():
+    fraction = GpuSection(gpu_memory_utilization=0.45)
+    args = gpu.vllm_gpu_args(fraction)
+    assert args[:2] == ["--gpu-memory-utilization", "0.45"] and "--enable-sleep-mode" not in args
+    assert "--enable-sleep-mode" in gpu.vllm_gpu_args(GpuSection(memory="sleep"))
+    cmd = gpu.server_command(fraction, Path("/models/gpt-oss-20b"), 8123)
+    assert cmd[:2] == ["--model", "/models/gpt-oss-20b"] and "--enable-lora" in cmd
+    assert cmd[cmd.index("--max-model-len") + 1] == "8192" and cmd[cmd.index("--port") + 1] == "8123"
+    # the managed engine (orchestrator/engine.py) takes them as extra_args
+    spec = EngineSpec(Path("/models/gpt-oss-20b"), extra_args=args, python=Path("/opt/vllm-gpu/bin/python"))
+    full = spec.command(9000)
+    assert full[0] == "/opt/vllm-gpu/bin/python" and full[-len(args):] == args
+    assert gpu.server_env(fraction).get("VLLM_SERVER_DEV_MODE") is None
+    assert gpu.server_env(GpuSection(memory="sleep"))["VLLM_SERVER_DEV_MODE"] == "1"
+
+
+def test_vllm_container_arguments(tmp_path):
+    model, adapters = tmp_path / "model", tmp_path / "adapters"
+    model.mkdir()
+    adapters.mkdir()
+    kw = gpu.container_kwargs(GpuSection(memory="sleep"), model, adapters, 8181)
+    assert kw["image"] == f"vllm/vllm-openai:v{gpu.VLLM_VERSION}"
+    assert kw["device_requests"][0]["Capabilities"] == [["gpu"]] and kw["device_requests"][0]["Count"] == -1
+    assert kw["volumes"][str(model.resolve())] == {"bind": "/model", "mode": "ro"}
+    assert kw["volumes"][str(adapters.resolve())] == {"bind": str(adapters.resolve()), "mode": "ro"}
+    assert kw["ports"] == {"8000/tcp": ("127.0.0.1", 8181)}
+    assert "--enable-sleep-mode" in kw["command"] and kw["command"][kw["command"].index("--host") + 1] == "0.0.0.0"
+    assert kw["environment"]["HF_HUB_OFFLINE"] == "1" and kw["environment"]["VLLM_SERVER_DEV_MODE"] == "1"
+
+
+def test_memory_plan():
+    plan = gpu.memory_plan(GpuSection(), 80)  # H100 80 GB, vLLM at 0.5
+    assert plan.server_gib == 40 and plan.trainer_gib >= 14
+    with pytest.raises(GpuProfileError, match='memory = "sleep"'):
+        gpu.memory_plan(GpuSection(), 24)  # a 24 GB card cannot hold both at once
+    plan = gpu.memory_plan(GpuSection(memory="sleep", gpu_memory_utilization=0.9), 24)
+    assert plan.mode == "sleep" and plan.trainer_gib >= 14
+    with pytest.raises(GpuProfileError, match="too small"):
+        gpu.memory_plan(GpuSection(memory="sleep", gpu_memory_utilization=0.95), 16)
+    with pytest.raises(GpuProfileError, match="gpu_memory_utilization"):
+        gpu.memory_plan(GpuSection(gpu_memory_utilization=0.1), 80)
+    with pytest.raises(GpuProfileError, match="no VRAM figures"):
+        gpu.memory_plan(GpuSection(model="someone/unknown"), 80)
+
+
+class FakeHttp:
+    def __init__(self, status=200):
+        self.calls, self.status = [], status
+
+    def post(self, url, params=None, timeout=None):
+        self.calls.append((url.rsplit("/", 1)[1], params))
+        return type("R", (), {"status_code": self.status})()
+
+
+def test_sleep_mode_wraps_a_burst_and_always_wakes():
+    http = FakeHttp()
+    with gpu.server_asleep("http://127.0.0.1:9", GpuSection(memory="sleep"), session=http):
+        assert http.calls == [("sleep", {"level": "1"})]
+    assert http.calls[-1] == ("wake_up", None)
+    http = FakeHttp()
+    with pytest.raises(ValueError):
+        with gpu.server_asleep("http://x", GpuSection(memory="sleep"), session=http):
+            raise ValueError("training failed")
+    assert [c[0] for c in http.calls] == ["sleep", "wake_up"]
+    http = FakeHttp()
+    with gpu.server_asleep("http://x", GpuSection(), session=http):  # fraction: nothing to do
+        pass
+    assert http.calls == []
+    with pytest.raises(GpuProfileError, match="enable-sleep-mode"):
+        with gpu.server_asleep("http://x", GpuSection(memory="sleep"), session=FakeHttp(404)):
+            pass
+
+
+def test_gpt_oss_request_options_and_detection(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt_oss"}))
+    assert gpu.is_gpt_oss(tmp_path) and gpu.is_gpt_oss("unsloth/gpt-oss-20b")
+    assert gpu.request_options(GpuSection(reasoning_effort="medium"), tmp_path) == {"reasoning_effort": "medium"}
+    assert gpu.request_options(GpuSection(), "HuggingFaceTB/SmolLM2-135M-Instruct") == {}
+
+
+def test_trainer_config_on_the_gpu():
+    from orchestrator.trainer_runner.config import TrainConfig
+
+    cfg = gpu.trainer_config(GpuSection(max_lora_rank=8), TrainConfig(lora_r=16, optim="adamw_torch"))
+    assert cfg.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj"] and cfg.lora_r == 8
+    assert cfg.load_in_4bit is None and cfg.optim is None  # the trainer's GPU defaults: 4-bit, adamw_8bit
+    assert cfg.packing is None and cfg.group_by_length is None  # packing / length grouping on the GPU
+
+
+def test_apply_points_the_engine_at_the_gpu_server(tmp_path):
+    from orchestrator.config import RunConfig
+
+    config = RunConfig.load()
+    assert config.gpu.enabled == "auto" and config.gpu.model == "unsloth/gpt-oss-20b"
+    gpu.apply(config, tmp_path)
+    gpu.apply(config, tmp_path)  # idempotent (a resumed run)
+    assert config.run.backend == "vllm" and config.engine.model == str(tmp_path)
+    assert config.engine.extra_args.count("--gpu-memory-utilization") == 1
+    assert config.engine.max_model_len == 8192
+
+
+def test_missing_model_names_the_command(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(GpuProfileError, match=r"rsi models pull unsloth/gpt-oss-20b"):
+        gpu.resolve_model(GpuSection())
