@@ -1,7 +1,11 @@
 """The reward rule, and one graded attempt at a task (shared by held-out evaluation and the gate).
 
-An attempt is one patch reply on a fresh copy of the task, through the same protocol as the
-loop (schema, policy, workspace), graded in the sandbox with the task's hidden tests.
+The reward counts only **judged** tests: the task's hidden tests, plus (``judge_visible``) copies
+of its protected visible tests, run by the sandbox's judge in a process that never imports the
+candidate (values cross as plain data). The same visible tests also run in-process as the
+model's feedback; that run must not be ``tampered`` for anything to count, but its passes are
+never the reward. An attempt is one patch reply on a fresh copy of the task, through the same
+protocol as the loop (schema, policy, workspace), graded in the sandbox with the judged tests.
 """
 
 from __future__ import annotations
@@ -16,29 +20,69 @@ from .tasks import protected_files
 from .workspace import Workspace
 
 SCORING_VERDICTS = ("pass", "fail")
+HIDDEN_DIR = "hidden"    # judged copies of the task's hidden tests: hidden/<name>
+VISIBLE_DIR = "visible"  # judged copies of its protected visible tests: visible/<path>
 
 
-def reward(result: SandboxResult, scored_files: set[str]) -> tuple[int, int]:
-    """(passing scored tests, scored tests). Only a clean verdict scores: tampered, error and
-    timeout runs are worth nothing."""
-    scored = [t for t in result.tests if t["nodeid"].split("::", 1)[0] in scored_files]
-    if result.verdict not in SCORING_VERDICTS:
-        return 0, len(scored)
-    return sum(t["outcome"] == "passed" for t in scored), len(scored)
+def _is_test_file(rel: str) -> bool:
+    name = rel.rsplit("/", 1)[-1]
+    return name.endswith(".py") and (name.startswith("test_") or name.endswith("_test.py"))
+
+
+def judged_tests(ws_path: Path, protected: list[str], hidden: dict[str, str],
+                 judge_visible: bool = True) -> dict[str, str]:
+    """What the judge runs: the hidden tests and, with ``judge_visible``, the protected visible
+    test files (read from the workspace, whose protected files the loop verifies unchanged)."""
+    out = {f"{HIDDEN_DIR}/{name}": text for name, text in hidden.items()}
+    if judge_visible:
+        for rel in protected:
+            if _is_test_file(rel):
+                out[f"{VISIBLE_DIR}/{rel}"] = (Path(ws_path) / rel).read_text()
+    return out
+
+
+def reward(result: SandboxResult) -> tuple[int, int]:
+    """(passing judged tests, judged tests). Only a clean judged verdict scores, and only when
+    the in-process run was not caught tampering: tampered, error and timeout are worth nothing."""
+    judged = result.judged
+    if judged is None:
+        return 0, 0
+    total = len(judged.tests)
+    if judged.verdict not in SCORING_VERDICTS or result.verdict == "tampered":
+        return 0, total
+    return sum(t["outcome"] == "passed" for t in judged.tests), total
+
+
+def verified(result: SandboxResult | None) -> bool:
+    """Archive-worthy: every in-process test and every judged test passed."""
+    return bool(result) and result.verdict == "pass" and result.judged is not None \
+        and result.judged.verdict == "pass" and result.judged.passed > 0
+
+
+def run_judged(ws_path: Path, protected: list[str], hidden: dict[str, str], limits: SandboxLimits,
+               judge_visible: bool = True, **kwargs) -> SandboxResult:
+    """The one way to grade a workspace for the reward: visible tests in-process, judged tests
+    out of process."""
+    return run_tests(ws_path, limits=limits, judge=judged_tests(ws_path, protected, hidden, judge_visible),
+                     **kwargs)
 
 
 class Attempt:
-    """One patch reply on a fresh copy of a task, graded with its hidden tests."""
+    """One patch reply on a fresh copy of a task, graded with its judged tests."""
 
-    def __init__(self, decision, result: SandboxResult | None, scored_files: set[str]):
-        self.decision, self.result, self.scored_files = decision, result, scored_files
+    def __init__(self, decision, result: SandboxResult | None, scored_files: set[str] | None = None):
+        self.decision, self.result, self.scored_files = decision, result, scored_files or set()
 
     def reward(self) -> tuple[int, int]:
-        return reward(self.result, self.scored_files) if self.result else (0, 0)
+        return reward(self.result) if self.result else (0, 0)
 
     def passed(self, test_file: str) -> bool:
-        return bool(self.result) and self.result.verdict in SCORING_VERDICTS and any(
-            t["nodeid"].startswith(test_file + "::") and t["outcome"] == "passed" for t in self.result.tests)
+        """The hidden test file ``test_file`` passed in the judge (never from the in-process run)."""
+        r = self.result
+        if not r or r.judged is None or r.judged.verdict not in SCORING_VERDICTS or r.verdict == "tampered":
+            return False
+        prefix = f"{HIDDEN_DIR}/{test_file}::"
+        return any(t["nodeid"].startswith(prefix) and t["outcome"] == "passed" for t in r.judged.tests)
 
 
 def attempt_task(backend, task, ws_dir: Path, limits: SandboxLimits, seed: int | None = None) -> Attempt:
@@ -55,4 +99,5 @@ def attempt_task(backend, task, ws_dir: Path, limits: SandboxLimits, seed: int |
     applied = apply_reply(ws, None, reply, "patch", policy)
     if not applied.decision.accepted:
         return Attempt(applied.decision, None, scored)
-    return Attempt(applied.decision, run_tests(ws.path, limits=limits, overlay=task.hidden_tests), scored)
+    return Attempt(applied.decision, run_judged(ws.path, policy.protected, task.hidden_tests, limits,
+                                                getattr(task, "judge_visible", True)), scored)

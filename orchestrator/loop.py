@@ -37,7 +37,7 @@ from .archive import Archive
 from .audit import AuditLog
 from .backends import Backend, ReplayExhausted
 from .config import RunConfig
-from .evaluation import SCORING_VERDICTS
+from .evaluation import SCORING_VERDICTS, run_judged, verified
 from .evaluation import reward as count_reward
 from .mutation import mutants
 from .plateau import is_improvement, stop_reason
@@ -78,6 +78,7 @@ class Loop:
             self._resume()
         self.policy.protected = list(self.state.protected)
         self.hidden = self._hidden()
+        self.judge_visible = self._judge_visible()
 
     # ----- set-up -----
     def _start(self, task: Task) -> None:
@@ -159,22 +160,31 @@ class Loop:
                 sources.append(rel)
         return sources, tests
 
+    def _judge_visible(self) -> bool:
+        try:
+            return bool(json.loads((self.run_dir / "run.json").read_text())["task"].get("judge_visible", True))
+        except (OSError, ValueError, KeyError):
+            return True
+
     def _hidden(self) -> dict[str, str]:
         hidden = self.run_dir / "hidden"
         return {p.name: p.read_text() for p in sorted(hidden.glob("*.py"))} if hidden.exists() else {}
 
     def evaluate(self) -> tuple[SandboxResult, int, bool]:
-        """Protected + generated + hidden tests in the sandbox: (result, reward, broke a generated test)."""
+        """Protected + generated tests in-process, hidden + protected tests judged out of process:
+        (result, reward from the judged tests only, broke a generated test)."""
         self.ws.verify_protected(self.state.protected)
-        result = run_tests(self.ws.path, limits=self.limits, overlay=self.hidden)
-        reward, total = count_reward(result, set(self.state.protected) | set(self.hidden))
+        result = run_judged(self.ws.path, sorted(self.state.protected), self.hidden, self.limits,
+                            self.judge_visible)
+        reward, total = count_reward(result)
         self.state.max_reward = max(self.state.max_reward, total)
         generated = [t for t in result.tests if t["nodeid"].split("::", 1)[0] in self.state.generated_tests]
         broke = result.verdict not in SCORING_VERDICTS or any(t["outcome"] != "passed" for t in generated)
         self.audit.append("sandbox_run", iteration=self.state.iteration, purpose="evaluation",
                           verdict=result.verdict, passed=result.passed, failed=result.failed, errors=result.errors,
                           skipped=result.skipped, reward=reward, reasons=result.reasons,
-                          duration_s=round(result.duration_s, 3), commit=self.ws.head())
+                          judged=_judged_summary(result), duration_s=round(result.duration_s, 3),
+                          commit=self.ws.head())
         return result, reward, broke
 
     def _ask(self, phase: str, messages: list[dict], timings: dict,
@@ -247,7 +257,7 @@ class Loop:
             if improved:
                 s.best_reward, s.best_commit = reward, self.ws.head()
                 s.files_modified = sorted(set(s.files_modified) | {e.path for e in applied.decision.edits})
-                if result.verdict == "pass":  # only a fully passing evaluation is archived as a success
+                if verified(result):  # only a fully passing evaluation (judged too) is archived
                     with self._timed(rec.timings, "archive"):
                         rec.samples_added += self._archive(messages, reply, "patch", _digest(result),
                                                            applied.digest)
@@ -366,3 +376,11 @@ def _digest(result: SandboxResult) -> str:
     import hashlib
 
     return hashlib.sha256(result.model_dump_json(exclude={"duration_s", "output"}).encode()).hexdigest()
+
+
+def _judged_summary(result: SandboxResult) -> dict | None:
+    j = result.judged
+    if j is None:
+        return None
+    return {"verdict": j.verdict, "passed": j.passed, "failed": j.failed, "errors": j.errors,
+            "reasons": j.reasons[:5], "calls": j.calls}

@@ -12,12 +12,14 @@ import fnmatch
 import os
 import re
 import stat
+import sys
 import tomllib
 import unicodedata
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .hack_screen import screen
 from .schema import FileEdit, Phase, Rejection, ReplyError, decode_bytes, parse_reply
 
 POLICIES_DIR = Path(os.environ.get("RSI_POLICIES", Path(__file__).resolve().parent.parent / "policies"))
@@ -52,11 +54,32 @@ class TestRules(BaseModel):
     deny_dirs: list[str] = Field(default_factory=list)
 
 
+class ShadowRules(BaseModel):
+    """Module names a workspace file may never take where it could land on ``sys.path`` (the
+    workspace root, or any directory that is not a package): the sandbox's runner, pytest and
+    its plugins, and every standard-library top-level module."""
+
+    model_config = ConfigDict(extra="forbid")
+    runner: list[str] = Field(default_factory=lambda: ["rsi_sandbox", "pytest", "_pytest", "pluggy", "py",
+                                                       "iniconfig", "packaging", "exceptiongroup", "tomli"])
+    stdlib: bool = True  # also every name in sys.stdlib_module_names
+
+    def names(self) -> set[str]:
+        return set(self.runner) | (set(sys.stdlib_module_names) if self.stdlib else set())
+
+
+class ScreenRules(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = True  # the hack screen (orchestrator/hack_screen.py) on patch content
+
+
 class Policy(BaseModel):
     model_config = ConfigDict(extra="forbid")
     limits: Limits = Limits()
     patch: PatchRules = PatchRules()
     tests: TestRules = TestRules()
+    shadow: ShadowRules = ShadowRules()
+    screen: ScreenRules = ScreenRules()
     protected: list[str] = Field(default_factory=list)  # set per run: the task's tests and config
 
     @classmethod
@@ -140,6 +163,23 @@ def _matches_any(name: str, globs: list[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, g) for g in globs)
 
 
+def _shadows(policy: Policy, rel: str, workspace: Path, packages: set[str]) -> Rejection | None:
+    """A module or package name that would shadow the runner, pytest or the standard library
+    wherever its directory can be on ``sys.path`` (the root, or a directory that is no package)."""
+    parts = rel.split("/")
+    names = policy.shadow.names()
+    for i, part in enumerate(parts):
+        stem = part[:-3] if i == len(parts) - 1 and part.endswith(".py") else part
+        if i == len(parts) - 1 and not part.endswith(".py"):
+            continue
+        parent = "/".join(parts[:i])
+        in_package = parent != "" and (parent in packages or (workspace / parent / "__init__.py").is_file())
+        if stem in names and not in_package:
+            return _reject("shadows_module", f"'{stem}' would shadow the module of that name (the sandbox's "
+                                             "runner, pytest or the standard library); choose another name", rel)
+    return None
+
+
 def _phase_rules(policy: Policy, phase: Phase, rel: str, exists: bool) -> Rejection | None:
     parts = rel.split("/")
     name = parts[-1]
@@ -207,6 +247,7 @@ def check_edits(files: list[FileEdit], phase: Phase, workspace: Path, policy: Po
         files = files[: limits.max_files]
     seen: set[str] = set()
     total = 0
+    packages = {e.path.rsplit("/", 1)[0] for e in files if e.path.endswith("/__init__.py")}
     for edit in files:
         rel, problem = normalize_path(edit.path, limits)
         if problem is None:
@@ -217,10 +258,16 @@ def check_edits(files: list[FileEdit], phase: Phase, workspace: Path, policy: Po
         if problem is None:
             problem = _symlink_or_special(workspace, rel)
         if problem is None:
+            problem = _shadows(policy, rel, workspace, packages)
+        if problem is None:
             problem = _phase_rules(policy, phase, rel, os.path.lexists(workspace / rel))
         if problem is None:
             size, problem = _content(edit, rel, limits)
             total += size
+        if problem is None and phase == "patch" and policy.screen.enabled:
+            found = screen(edit.content)
+            if found:
+                problem = _reject("hack_suspected", "; ".join(found)[:300], rel)
         if problem is not None:
             reasons.append(problem)
         else:

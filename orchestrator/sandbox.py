@@ -12,10 +12,12 @@ timeout and the engine's OOM flag.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
 import os
+import random
 import secrets
 import shutil
 import socket
@@ -24,6 +26,7 @@ import tempfile
 import threading
 import time
 import tomllib
+import zlib
 from pathlib import Path
 
 import docker
@@ -32,6 +35,8 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
 from .policy import POLICIES_DIR
+from .sandbox_runner.codec import CodecError
+from .sandbox_runner.codec import loads as bounded_loads
 from .sandbox_runner.grader import grade
 from .sandbox_runner.supervisor import FRAME_TAG
 
@@ -41,6 +46,12 @@ LABEL = "org.rsi-lab.sandbox"
 LABEL_PID = "org.rsi-lab.pid"
 LABEL_HOST = "org.rsi-lab.host"
 SKIP_NAMES = {".git", "__pycache__", ".pytest_cache", ".venv", ".mypy_cache"}
+MAX_STAGE_DEPTH = 64
+JUDGE_CHUNK = 100_000       # characters per environment variable (the kernel allows 128 KiB)
+MAX_JUDGE_CHUNKS = 16
+# The supervisor's capabilities: switching to the candidate's and the judge's UIDs, emptying
+# their bounding sets, killing their leftovers. Untrusted code holds none (setpriv).
+SUPERVISOR_CAPS = ["SETUID", "SETGID", "SETPCAP", "KILL"]
 
 
 class InfraError(RuntimeError):
@@ -59,6 +70,9 @@ class SandboxLimits(BaseModel):
     pids: int = Field(128, ge=8)
     tmpfs_size: str = "64m"
     user: str = "10001:10001"
+    judge_user: str = "10002:10002"
+    call_timeout_s: float = Field(10, gt=0)
+    shm_size: str = "1m"
     nofile: int = Field(1024, ge=64)
     fsize_mb: int = Field(64, ge=1)
     output_tail_bytes: int = Field(16384, ge=0)
@@ -72,6 +86,25 @@ class SandboxLimits(BaseModel):
         data = tomllib.loads(Path(path).read_text()).get("sandbox", {}) if Path(path).exists() else {}
         data.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**data)
+
+
+class JudgedResult(BaseModel):
+    """The judged phase: hidden tests run out of the candidate's reach (see README)."""
+
+    verdict: str
+    passed: int = 0
+    failed: int = 0
+    errors: int = 0
+    skipped: int = 0
+    exit_code: int | None = None
+    timed_out: bool = False
+    oom_killed: bool = False
+    duration_s: float = 0.0
+    output: str = ""
+    output_bytes: int = 0
+    reasons: list[str] = []
+    tests: list[dict] = []
+    calls: dict[str, int] = {}
 
 
 class SandboxResult(BaseModel):
@@ -89,6 +122,7 @@ class SandboxResult(BaseModel):
     reasons: list[str] = []
     tests: list[dict] = []
     container_exit: int | None = None
+    judged: JudgedResult | None = None
 
 
 def connect():
@@ -146,48 +180,132 @@ def sweep_leftovers(client) -> int:
     return removed
 
 
+class StagingError(Exception):
+    """The workspace itself cannot be staged (too deep, names too long, a path that collides):
+    the run's verdict is ``error``; nothing of the host is at fault."""
+
+
 def stage_workspace(src: Path, dst: Path, max_bytes: int, overlay: dict[str, str] | None = None,
                     exclude: set[str] | None = None) -> None:
     """Copy regular files and directories; copy symlinks as links (never followed).
-    ``exclude``: relative paths left out; ``overlay``: relative path -> text written on top."""
+    ``exclude``: relative paths left out; ``overlay``: relative path -> text written on top.
+    Anything in the workspace that cannot be staged raises ``StagingError``."""
     exclude = exclude or set()
     total = 0
-    for dirpath, dirnames, filenames in os.walk(src, followlinks=False):
-        rel = Path(dirpath).relative_to(src)
-        dirnames[:] = [d for d in dirnames if d not in SKIP_NAMES]
-        target_dir = dst / rel
-        target_dir.mkdir(exist_ok=True)
-        os.chmod(target_dir, 0o755)
-        for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
-            source = os.path.join(dirpath, name)
-            target = target_dir / name
-            if str(rel / name).removeprefix("./") in exclude:
-                continue
-            st = os.lstat(source)
-            if stat.S_ISLNK(st.st_mode):
-                os.symlink(os.readlink(source), target)
-            elif stat.S_ISREG(st.st_mode):
-                total += st.st_size
-                if total > max_bytes:
-                    raise InfraError(f"workspace is larger than {max_bytes} bytes")
-                shutil.copyfile(source, target, follow_symlinks=False)
-                os.chmod(target, 0o755 if st.st_mode & 0o111 else 0o644)
-        dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(dirpath, d))]
-    for rel_path, text in (overlay or {}).items():
-        parts = Path(rel_path).parts
-        if Path(rel_path).is_absolute() or ".." in parts or any(
-                os.path.islink(dst.joinpath(*parts[:i])) for i in range(1, len(parts) + 1)):
-            raise InfraError(f"overlay path {rel_path} would leave the staging directory")
-        target = dst / rel_path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        for parent in target.relative_to(dst).parents:
-            os.chmod(dst / parent, 0o755)
-        target.write_text(text)
-        os.chmod(target, 0o644)
+    try:
+        for dirpath, dirnames, filenames in os.walk(src, followlinks=False, onerror=_raise):
+            rel = Path(dirpath).relative_to(src)
+            if len(rel.parts) > MAX_STAGE_DEPTH:
+                raise StagingError(f"the workspace is nested deeper than {MAX_STAGE_DEPTH} directories")
+            dirnames[:] = [d for d in dirnames if d not in SKIP_NAMES]
+            target_dir = dst / rel
+            target_dir.mkdir(exist_ok=True)
+            os.chmod(target_dir, 0o755)
+            for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+                source = os.path.join(dirpath, name)
+                target = target_dir / name
+                if str(rel / name).removeprefix("./") in exclude:
+                    continue
+                st = os.lstat(source)
+                if stat.S_ISLNK(st.st_mode):
+                    os.symlink(os.readlink(source), target)
+                elif stat.S_ISREG(st.st_mode):
+                    total += st.st_size
+                    if total > max_bytes:
+                        raise InfraError(f"workspace is larger than {max_bytes} bytes")
+                    shutil.copyfile(source, target, follow_symlinks=False)
+                    os.chmod(target, 0o755 if st.st_mode & 0o111 else 0o644)
+            dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(dirpath, d))]
+        for rel_path, text in (overlay or {}).items():
+            parts = Path(rel_path).parts
+            if Path(rel_path).is_absolute() or ".." in parts or any(
+                    os.path.islink(dst.joinpath(*parts[:i])) for i in range(1, len(parts) + 1)):
+                raise StagingError(f"overlay path {rel_path} would leave the staging directory")
+            target = dst / rel_path
+            if target.exists() and not target.is_file():
+                raise StagingError(f"the workspace has a directory where {rel_path} must go")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            for parent in target.relative_to(dst).parents:
+                os.chmod(dst / parent, 0o755)
+            target.write_text(text)
+            os.chmod(target, 0o644)
+    except (StagingError, InfraError):
+        raise
+    except (OSError, RecursionError, ValueError) as exc:
+        raise StagingError(f"cannot stage the workspace ({type(exc).__name__}: "
+                           f"{getattr(exc, 'strerror', None) or exc})"[:300]) from None
+
+
+def _raise(exc: OSError) -> None:
+    raise exc
+
+
+# Canaries: tests with known outcomes, staged at random places among the workspace's own test
+# files, named like them, so that blanket tampering with collection, execution or reporting
+# changes a canary's outcome. Bodies vary; none names rsi.
+_WORDS = ["parse", "value", "empty", "edge", "basic", "input", "order", "result", "format", "limits",
+          "cases", "round", "mixed", "large", "small", "negative", "unicode", "default", "repeat", "none",
+          "handles", "returns", "keeps", "simple", "nested", "single", "many", "zero", "bounds", "types"]
+
+
+def _canary_body(rng: random.Random, must_pass: bool) -> str:
+    a, b, c = rng.randint(2, 999), rng.randint(2, 999), rng.randint(2, 999)
+    off = 0 if must_pass else rng.randint(1, 9)
+    forms = [f"assert sorted([{a}, {b}, {c}]) == {sorted([a, b, c + off])}",
+             f"assert {a} * {b} == {a * b + off}",
+             f"assert sum(range({a})) == {a * (a - 1) // 2 + off}",
+             f"assert len(str({a * b})) == {len(str(a * b)) + off}",
+             f"assert max({a}, {b}) - min({a}, {b}) == {abs(a - b) + off}"]
+    return rng.choice(forms)
+
+
+def _test_files(root: Path) -> list[Path]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".") and d not in SKIP_NAMES
+                       and not os.path.islink(os.path.join(dirpath, d))]
+        out += [Path(dirpath) / f for f in filenames if f.endswith(".py")
+                and (f.startswith("test_") or f.endswith("_test.py"))
+                and not os.path.islink(os.path.join(dirpath, f))]
+    return sorted(out)
+
+
+def stage_canaries(root: Path, rng: random.Random) -> dict:
+    """Write two must-pass tests and one strict xfail next to randomly chosen test files;
+    return their node ids."""
+    files = _test_files(root)
+    out = {"pass": [], "xfail": []}
+    if not files:
+        return out
+    for kind in ("pass", "pass", "xfail"):
+        near = rng.choice(files)
+        for _ in range(50):
+            words = "_".join(rng.sample(_WORDS, 2))
+            name = f"test_{words}.py" if near.name.startswith("test_") else f"{words}_test.py"
+            if not (near.parent / name).exists():
+                break
+        test = f"test_{'_'.join(rng.sample(_WORDS, 2))}"
+        body = _canary_body(rng, kind == "pass")
+        marker = "import pytest\n\n\n@pytest.mark.xfail(strict=True)\n" if kind == "xfail" else ""
+        (near.parent / name).write_text(f"{marker}def {test}():\n    {body}\n")
+        os.chmod(near.parent / name, 0o644)
+        out[kind].append(f"{(near.parent / name).relative_to(root).as_posix()}::{test}")
+    return out
+
+
+def judge_environment(tests: dict[str, str]) -> dict[str, str]:
+    """Judged tests for the supervisor's environment: zlib + base64 in chunks. The supervisor
+    pops them; no process of the candidate's UID can read PID 1's environment."""
+    blob = base64.b64encode(zlib.compress(json.dumps(tests).encode(), 9)).decode("ascii")
+    chunks = [blob[i:i + JUDGE_CHUNK] for i in range(0, len(blob), JUDGE_CHUNK)] or [""]
+    if len(chunks) > MAX_JUDGE_CHUNKS:
+        raise InfraError(f"judged tests are too large ({len(blob)} bytes compressed; "
+                         f"at most {JUDGE_CHUNK * MAX_JUDGE_CHUNKS})")
+    return {f"RSI_JUDGE_{i}": c for i, c in enumerate(chunks)}
 
 
 def parse_report(raw: bytes, key: bytes) -> tuple[dict | None, list[str]]:
-    """Find the one authenticated report in the container's stdout."""
+    """Find the one authenticated report in the container's stdout (bounded parsing)."""
     payload, problems = None, []
     for line in raw.split(b"\n"):
         if not line.startswith(FRAME_TAG.encode() + b" "):
@@ -204,9 +322,11 @@ def parse_report(raw: bytes, key: bytes) -> tuple[dict | None, list[str]]:
             problems.append("more than one report frame")
         else:
             try:
-                payload = json.loads(body)
-            except ValueError:
-                problems.append("report frame is not JSON")
+                payload = bounded_loads(body, max_bytes=len(body), max_depth=64)
+            except CodecError as exc:
+                problems.append(f"report frame is not JSON within limits ({exc})")
+            if not isinstance(payload, dict):
+                payload = None
     return payload, problems
 
 
@@ -228,10 +348,9 @@ class _StdoutReader(threading.Thread):
             pass
 
 
-def _create(client, limits: SandboxLimits, stage: str, nonce: str, timeout_s: float):
+def container_settings(limits: SandboxLimits) -> dict:
+    """The hardened settings every sandbox container gets (the one place they are spelled)."""
     kwargs = dict(
-        image=limits.image,
-        detach=True,
         network_mode="none",
         mem_limit=limits.memory,
         memswap_limit=limits.memory,
@@ -239,13 +358,11 @@ def _create(client, limits: SandboxLimits, stage: str, nonce: str, timeout_s: fl
         pids_limit=limits.pids,
         read_only=True,
         tmpfs={"/tmp": f"size={limits.tmpfs_size},mode=1777,noexec,nosuid,nodev"},
+        shm_size=limits.shm_size,
         cap_drop=["ALL"],
+        cap_add=list(SUPERVISOR_CAPS),
         security_opt=["no-new-privileges"],
-        user=limits.user,
-        environment={"RSI_NONCE": nonce, "RSI_TIMEOUT": str(timeout_s),
-                     "RSI_OUTPUT_TAIL": str(limits.output_tail_bytes)},
-        volumes={stage: {"bind": "/workspace", "mode": "ro"}},
-        labels={LABEL: "1", LABEL_PID: str(os.getpid()), LABEL_HOST: socket.gethostname()},
+        user="0:0",
         log_config=docker.types.LogConfig(type="none"),
         ulimits=[
             docker.types.Ulimit(name="nofile", soft=limits.nofile, hard=limits.nofile),
@@ -255,19 +372,39 @@ def _create(client, limits: SandboxLimits, stage: str, nonce: str, timeout_s: fl
         stdin_open=False,
         ipc_mode="private",
         hostname="sandbox",
-        name=f"rsi-sandbox-{nonce[:16]}",  # known before create returns: an interrupted create is still found
     )
     if limits.runtime:
         kwargs["runtime"] = limits.runtime
-    return client.containers.create(**kwargs)
+    return kwargs
+
+
+def _create(client, limits: SandboxLimits, stage: str, nonce: str, timeout_s: float,
+            canaries: dict | None = None, judge: dict[str, str] | None = None):
+    env = {"RSI_NONCE": nonce, "RSI_TIMEOUT": str(timeout_s), "RSI_OUTPUT_TAIL": str(limits.output_tail_bytes),
+           "RSI_USER": limits.user, "RSI_JUDGE_USER": limits.judge_user,
+           "RSI_CALL_TIMEOUT": str(limits.call_timeout_s), "RSI_CANARIES": json.dumps(canaries or {})}
+    if judge is not None:
+        env.update(judge_environment(judge))
+    return client.containers.create(
+        image=limits.image,
+        detach=True,
+        environment=env,
+        volumes={stage: {"bind": "/workspace", "mode": "ro"}},
+        labels={LABEL: "1", LABEL_PID: str(os.getpid()), LABEL_HOST: socket.gethostname()},
+        name=f"rsi-sandbox-{nonce[:16]}",  # known before create returns: an interrupted create is still found
+        **container_settings(limits),
+    )
 
 
 _swept = False
 
 
 def run_tests(workspace: Path | str, limits: SandboxLimits | None = None, timeout_s: float | None = None,
-              client=None, overlay: dict[str, str] | None = None, exclude: set[str] | None = None) -> SandboxResult:
-    """Run the workspace's tests once in a fresh container and grade them."""
+              client=None, overlay: dict[str, str] | None = None, exclude: set[str] | None = None,
+              judge: dict[str, str] | None = None) -> SandboxResult:
+    """Run the workspace's tests once in a fresh container and grade them. ``judge``: hidden
+    tests ({relative path: source}) run by the judge, out of the candidate's reach; they are
+    never written into the workspace the candidate sees."""
     global _swept
     limits = limits or SandboxLimits.load()
     timeout_s = float(timeout_s or limits.timeout_s)
@@ -286,19 +423,25 @@ def run_tests(workspace: Path | str, limits: SandboxLimits | None = None, timeou
     nonce = secrets.token_hex(32)
     started = time.monotonic()
     container = None
+    reader = None
     host_timed_out = False
     oom = False
     container_exit = None
+    phases = 2 if judge is not None else 1
     stage = tempfile.mkdtemp(prefix="rsi-stage-")
     try:
         os.chmod(stage, 0o755)
-        stage_workspace(workspace.resolve(), Path(stage), limits.max_workspace_bytes, overlay, exclude)
-        container = _create(client, limits, stage, nonce, timeout_s)
+        try:
+            stage_workspace(workspace.resolve(), Path(stage), limits.max_workspace_bytes, overlay, exclude)
+            canaries = stage_canaries(Path(stage), random.Random(nonce))
+        except StagingError as exc:
+            return _not_run(str(exc), started)
+        container = _create(client, limits, stage, nonce, timeout_s, canaries, judge)
         stream = container.attach(stdout=True, stderr=False, stream=True, logs=False)
         reader = _StdoutReader(stream, limits.max_report_bytes)
         reader.start()
         container.start()
-        container_exit, host_timed_out = wait_or_kill(container, timeout_s + limits.grace_s)
+        container_exit, host_timed_out = wait_or_kill(container, timeout_s * phases + limits.grace_s)
         reader.join(5)
         container.reload()
         oom = bool(container.attrs["State"].get("OOMKilled"))
@@ -316,16 +459,28 @@ def run_tests(workspace: Path | str, limits: SandboxLimits | None = None, timeou
     payload, problems = parse_report(bytes(reader.data), bytes.fromhex(nonce))
     if reader.overflow:
         problems.append(f"container printed more than {limits.max_report_bytes} bytes")
-    evidence = dict((payload or {}).get("evidence") or {})
-    if not payload:
-        evidence = {"events": [], "exit_code": None}
-    evidence["stream_errors"] = list(evidence.get("stream_errors") or []) + problems
+    evidence = payload.get("evidence") if payload else None
+    evidence = dict(evidence) if isinstance(evidence, dict) else {"events": [], "exit_code": None}
+    stream_errors = evidence.get("stream_errors")
+    evidence["stream_errors"] = (list(stream_errors) if isinstance(stream_errors, list) else []) + problems
     evidence["timed_out"] = bool(evidence.get("timed_out")) or host_timed_out
     evidence["oom_killed"] = bool(evidence.get("oom_killed")) or oom
     evidence["duration_s"] = time.monotonic() - started
+    evidence["canaries"] = canaries  # the host's own record, not the container's
+    if judge is not None and not isinstance(evidence.get("judge"), dict):
+        evidence["judge"] = {"refused": "the sandbox sent no judged evidence"}
+    if isinstance(evidence.get("judge"), dict) and oom:
+        evidence["judge"]["oom_killed"] = True
+    if isinstance(evidence.get("judge"), dict) and host_timed_out:
+        evidence["judge"]["timed_out"] = True
     result = SandboxResult(**grade(evidence), container_exit=container_exit)
     if not payload and not result.timed_out and not problems:
         result.reasons.insert(0, f"the sandbox produced no report (container exit {container_exit})")
     log.info("sandbox.run", verdict=result.verdict, passed=result.passed, failed=result.failed,
-             errors=result.errors, skipped=result.skipped, duration_s=round(result.duration_s, 3))
+             errors=result.errors, skipped=result.skipped, duration_s=round(result.duration_s, 3),
+             judged=result.judged.verdict if result.judged else None)
     return result
+
+
+def _not_run(reason: str, started: float) -> SandboxResult:
+    return SandboxResult(verdict="error", reasons=[reason], duration_s=time.monotonic() - started)

@@ -16,8 +16,6 @@ from pydantic import BaseModel
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SEED_DIR = REPO_ROOT / "seeds" / "example"
-PROTECTED_GLOBS = ["test_*.py", "*_test.py", "conftest.py", "pytest.ini", "pyproject.toml", "setup.cfg",
-                   "tox.ini", "setup.py", "sitecustomize.py", "usercustomize.py", "*.pth"]
 # HumanEval problems are split by a fixed rule: task number % 5 == 0 is held out (33 of 164).
 HELDOUT_MODULUS = 5
 
@@ -27,23 +25,38 @@ class Task(BaseModel):
     source_dir: Path
     hidden_tests: dict[str, str] = {}
     entry_point: str | None = None
+    # The judge also runs copies of the protected visible tests (the reward counts only judged
+    # tests). Off where they cannot be judged as plain-data calls (HumanEval's doctest check).
+    judge_visible: bool = True
 
 
 def protected_files(root: Path) -> list[str]:
-    """Tests and configuration at any depth (the model may never change them)."""
+    """Tests and configuration at any depth (the model may never change them): the patch
+    phase's deny globs and deny dirs of ``policies/default.toml``, the one source of the rule."""
+    from .policy import Policy
+
+    rules = Policy.load().patch
     out = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if not d.startswith(".") and d != "__pycache__"]
         rel_dir = Path(dirpath).relative_to(root)
-        in_tests_dir = any(p in ("tests", "test") for p in rel_dir.parts)
+        in_tests_dir = any(p in rules.deny_dirs for p in rel_dir.parts)
         for name in filenames:
-            if in_tests_dir and name.endswith(".py") or any(fnmatch.fnmatchcase(name, g) for g in PROTECTED_GLOBS):
+            if in_tests_dir and name.endswith(".py") or any(fnmatch.fnmatchcase(name, g) for g in rules.deny_globs):
                 out.append(str(rel_dir / name).removeprefix("./"))
     return sorted(out)
 
 
+# The seed's hidden tests: judged out of process, never shown to the model.
+SEED_HIDDEN = {"test_hidden_seed.py": (
+    "from example import add, is_even\n\n\n"
+    "def test_add_hidden():\n    assert add(10, -3) == 7\n    assert add(0, 0) == 0\n    assert add(2.5, 0.5) == 3.0\n\n\n"
+    "def test_is_even_hidden():\n    assert is_even(0) is True\n    assert is_even(-3) is False\n"
+    "    assert [is_even(n) for n in range(6)] == [True, False, True, False, True, False]\n")}
+
+
 def seed_task() -> Task:
-    return Task(id="seed", source_dir=SEED_DIR)
+    return Task(id="seed", source_dir=SEED_DIR, hidden_tests=dict(SEED_HIDDEN))
 
 
 def user_task(path: Path | str) -> Task:
@@ -84,9 +97,15 @@ def humaneval_task(task_id: str, build_root: Path) -> Task:
         "def test_docstring_examples():\n"
         "    result = doctest.testmod(example, optionflags=doctest.NORMALIZE_WHITESPACE)\n"
         "    assert result.failed == 0\n")
-    # The original harness runs prompt, solution and test in one namespace: checks may call helpers
-    # defined in the prompt (HumanEval/32, 38, 50), so the hidden test sees all of example's names.
-    hidden = (f"from example import *  # noqa: F403\nfrom example import {p['entry_point']}\n\n" + p["test"] +
-              f"\n\ndef test_hidden_{humaneval_number(task_id)}():\n    check({p['entry_point']})\n")
-    return Task(id=task_id, source_dir=src, hidden_tests={f"test_hidden_{humaneval_number(task_id)}.py": hidden},
-                entry_point=p["entry_point"])
+    return Task(id=task_id, source_dir=src, hidden_tests={f"test_hidden_{humaneval_number(task_id)}.py":
+                                                         humaneval_hidden_test(p)},
+                entry_point=p["entry_point"], judge_visible=False)
+
+
+def humaneval_hidden_test(p: dict) -> str:
+    """The problem's check as a judged test. Checks may call helpers defined in the prompt
+    (HumanEval/32, 38, 50): those come from the task definition (the prompt runs in the judge),
+    never from the candidate's file; only the entry point is the candidate's, a proxy."""
+    return (p["prompt"] + "\n\n" + f"from example import {p['entry_point']}  # noqa: E402,F811\n\n"
+            + p["test"] + f"\n\ndef test_hidden_{humaneval_number(p['task_id'])}():\n"
+                          f"    check({p['entry_point']})\n")

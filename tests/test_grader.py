@@ -2,8 +2,10 @@
 
 from orchestrator.sandbox_runner.grader import grade
 
-CAN = {"pass": ["test_rsi_canary_a", "test_rsi_canary_b"], "xfail": ["test_rsi_canary_x"]}
-CAN_IDS = ["../tmp/c.py::test_rsi_canary_a", "../tmp/c.py::test_rsi_canary_b", "../tmp/c.py::test_rsi_canary_x"]
+# Canaries are staged by the host among the workspace's tests and named like them: by node id.
+CAN_IDS = ["test_parse_edge.py::test_keeps_zero", "sub/test_mixed_order.py::test_round_types",
+           "test_value_none.py::test_small_cases"]
+CAN = {"pass": CAN_IDS[:2], "xfail": CAN_IDS[2:]}
 
 
 def rep(nodeid, when, outcome, **kw):

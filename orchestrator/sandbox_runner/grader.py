@@ -51,9 +51,8 @@ def _matches(nodeid: str, prefix: str) -> bool:
     return nodeid == prefix or nodeid.startswith(prefix + "[")
 
 
-def _is_canary(nodeid: str, canary_names) -> bool:
-    name = nodeid.rsplit("::", 1)[-1]
-    return name in canary_names
+def _is_canary(nodeid: str, canary_ids) -> bool:
+    return nodeid in canary_ids
 
 
 def _test_outcome(reps: dict) -> tuple[str, str]:
@@ -76,14 +75,48 @@ def _test_outcome(reps: dict) -> tuple[str, str]:
 def grade(evidence: dict) -> dict:
     """Grade one run. ``evidence`` keys: events, stream_errors, exit_code,
     timed_out, oom_killed, expected (nodeid prefixes found statically),
-    canaries ({"pass": [...], "xfail": [...]}), output, output_bytes, duration_s."""
+    canaries ({"pass": [nodeid...], "xfail": [nodeid...]}), output, output_bytes, duration_s,
+    and ``judge``: the judged phase's evidence (same keys plus ``calls``), or absent.
+    Any evidence that does not have this shape grades ``tampered``, never raises."""
+    try:
+        report = _grade_phase(evidence)
+    except Exception as exc:  # noqa: BLE001 - hostile evidence must never crash the grader
+        report = _broken(evidence, f"evidence is malformed ({type(exc).__name__})")
+    report["judged"] = grade_judged(evidence.get("judge")) if isinstance(evidence, dict) and \
+        evidence.get("judge") is not None else None
+    return report
+
+
+def grade_judged(judge) -> dict:
+    """The judged phase: hidden tests run by a process that never imported the candidate.
+    Its reports are trusted as much as the judge is; the candidate's influence is limited to
+    the plain values its worker returned (counted in ``calls``)."""
+    if not isinstance(judge, dict) or judge.get("refused"):
+        reason = judge.get("refused") if isinstance(judge, dict) else "no judge evidence"
+        return _broken({}, str(reason)[:500], verdict="error") | {"calls": {}}
+    try:
+        report = _grade_phase(judge)
+    except Exception as exc:  # noqa: BLE001
+        report = _broken(judge, f"judge evidence is malformed ({type(exc).__name__})")
+    calls = judge.get("calls") if isinstance(judge.get("calls"), dict) else {}
+    report["calls"] = {str(k)[:40]: v for k, v in list(calls.items())[:20] if isinstance(v, int)}
+    return report
+
+
+def _broken(evidence, reason: str, verdict: str = "tampered") -> dict:
+    return {"verdict": verdict, "passed": 0, "failed": 0, "errors": 0, "skipped": 0, "exit_code": None,
+            "timed_out": False, "oom_killed": False, "duration_s": 0.0, "output": "", "output_bytes": 0,
+            "reasons": [reason], "tests": []}
+
+
+def _grade_phase(evidence: dict) -> dict:
     tampered: list[str] = []
     errors: list[str] = []
     fails: list[str] = []
     events = evidence.get("events") or []
     exit_code = evidence.get("exit_code")
     canaries = evidence.get("canaries") or {"pass": [], "xfail": []}
-    canary_names = set(canaries.get("pass", [])) | set(canaries.get("xfail", []))
+    canary_ids = set(canaries.get("pass", [])) | set(canaries.get("xfail", []))
 
     for msg in evidence.get("stream_errors") or []:
         tampered.append(f"result stream: {msg}")
@@ -143,8 +176,8 @@ def grade(evidence: dict) -> dict:
     if finish is not None and collected is not None:
         success_claimed = finish["exitstatus"] == 0
         for kind, want in (("pass", "passed"), ("xfail", "xfailed")):
-            for name in canaries.get(kind, []):
-                ids = [i for i in collected if i.rsplit("::", 1)[-1] == name]
+            for canary in canaries.get(kind, []):
+                ids = [i for i in collected if i == canary]
                 if not ids:
                     if success_claimed or not collect_errors:
                         tampered.append("a canary test was removed from the collection")
@@ -163,7 +196,7 @@ def grade(evidence: dict) -> dict:
     for ev in collect_skips:
         counts["skipped"] += 1
         tests.append({"nodeid": ev["id"], "outcome": "skipped", "message": ev.get("msg", "")[-2000:]})
-    workspace_ids = [i for i in (collected or []) if not _is_canary(i, canary_names)]
+    workspace_ids = [i for i in (collected or []) if not _is_canary(i, canary_ids)]
     for nodeid in workspace_ids:
         outcome, msg = _test_outcome(reports.get(nodeid, {}))
         tests.append({"nodeid": nodeid, "outcome": outcome, "message": msg[-2000:]})
@@ -191,7 +224,7 @@ def grade(evidence: dict) -> dict:
     # Tests visible in the source must have been collected.
     if finish is not None and collected is not None and not collect_errors:
         for prefix in evidence.get("expected") or []:
-            if not any(_matches(i, prefix) for i in workspace_ids):
+            if not any(_matches(i, prefix) for i in collected):
                 fails.append(f"{prefix} is in the test files but was never collected")
 
     if finish is not None and collected is not None and not workspace_ids and not collect_errors \

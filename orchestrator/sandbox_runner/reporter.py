@@ -2,38 +2,52 @@
 
 Each event is one JSON line written to a pipe inherited from the supervisor (fd in
 RSI_RESULT_FD). The pipe is the only way results leave the pytest process; nothing
-is read back from files the code under test could rewrite. The plugin also adds the
-per-run canary tests (names and expected outcomes chosen by the supervisor) to the
-collection: one that must pass first, and one that must pass plus one strict xfail
-last, so blanket tampering with collection, reporting or the process lifetime shows.
+is read back from files the code under test could rewrite. At import the plugin moves
+the pipe to a random descriptor and keeps it only inside a closure: no module global
+names it, and the environment variable is gone before any workspace code runs.
 
-This plugin shares its process with the code under test, so the supervisor treats
-what it sends as evidence to cross-check, not as truth.
+Canary tests are ordinary test files that the host stages into the workspace at random
+places with names like the workspace's own; this plugin knows nothing about them, and
+collection hooks (the workspace's included) see them like any other test.
+
+This plugin shares its process with the code under test, so the supervisor treats what it
+sends as evidence to cross-check, not as truth (the README's threat model says what an
+in-process attacker can still do; hidden tests are judged out of process instead).
 """
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
-
 import pytest
 
-_FD = int(os.environ.pop("RSI_RESULT_FD", "-1"))
-_CANARY_FILE = os.environ.pop("RSI_CANARY_FILE", "")
-_CANARY_FIRST = os.environ.pop("RSI_CANARY_FIRST", "")
-_CANARY_LAST = [n for n in os.environ.pop("RSI_CANARY_LAST", "").split(",") if n]
-_write = os.write  # bound now, before any workspace code is imported
-_dumps = json.dumps
+
+def _make_emitter():
+    import json
+    import os
+    import secrets
+
+    fd = int(os.environ.pop("RSI_RESULT_FD", "-1"))
+    if fd >= 0:
+        try:
+            moved = os.dup2(fd, 200 + secrets.randbelow(700), inheritable=False)
+            os.close(fd)
+            fd = moved
+        except OSError:
+            pass
+    write, dumps = os.write, json.dumps  # bound now, before any workspace code is imported
+
+    def emit(obj: dict) -> None:
+        if fd < 0:
+            return
+        data = (dumps(obj) + "\n").encode("utf-8", "replace")
+        while data:
+            data = data[write(fd, data):]
+
+    return emit
+
+
+_emit = _make_emitter()
+del _make_emitter
 MSG_CHARS = 4000
-
-
-def _emit(obj: dict) -> None:
-    if _FD < 0:
-        return
-    data = (_dumps(obj) + "\n").encode("utf-8", "replace")
-    while data:
-        data = data[_write(_FD, data) :]
 
 
 def _text(report) -> str:
@@ -42,17 +56,6 @@ def _text(report) -> str:
     except Exception:  # noqa: BLE001 - a broken repr must not break reporting
         text = ""
     return text[-MSG_CHARS:]
-
-
-@pytest.hookimpl(trylast=True)
-def pytest_collection_modifyitems(session, config, items):
-    if not _CANARY_FILE:
-        return
-    module = pytest.Module.from_parent(session, path=Path(_CANARY_FILE))
-    first = [pytest.Function.from_parent(module, name=_CANARY_FIRST)] if _CANARY_FIRST else []
-    last = [pytest.Function.from_parent(module, name=name) for name in _CANARY_LAST]
-    items[:0] = first
-    items.extend(last)
 
 
 @pytest.hookimpl(trylast=True)
