@@ -59,12 +59,21 @@ $(WHEELS_STAMP): trainer_image/requirements-cpu.txt
 
 trainer-wheels: $(WHEELS_STAMP)
 
+# With an NVIDIA runtime in the Docker engine, make images also builds rsi-trainer:gpu (the GPU profile).
 images: install docker-check trainer-wheels
 	$(BIN)/rsi --log-level info images build
+	@if $(BIN)/python -m orchestrator.gpu --has-runtime; then $(MAKE) trainer-gpu-image; fi
 
-# The GPU trainer image (needs a registry for the CUDA base, and a GPU to be useful).
-trainer-gpu-image: install docker-check
+GPU_WHEELS_STAMP := trainer_image/wheelhouse-gpu/.gpu
+
+$(GPU_WHEELS_STAMP): trainer_image/requirements-gpu.txt
 	$(PYTHON) trainer_image/build_wheelhouse.py gpu
+	touch $(GPU_WHEELS_STAMP)
+
+# The GPU trainer image: the same Debian base as the CPU one, PyPI's CUDA torch wheels (they carry the
+# CUDA runtime; the driver comes from the host through the NVIDIA container toolkit). No registry needed;
+# it builds anywhere, and is useful where there is a GPU.
+trainer-gpu-image: install docker-check $(GPU_WHEELS_STAMP)
 	$(BIN)/rsi --log-level info images build --trainer gpu
 
 # pytest exits 5 when it collected no tests: make would report that as a bare "Error 5"; say it,

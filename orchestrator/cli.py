@@ -66,7 +66,9 @@ def images() -> None:
 @click.option("--trainer", "trainer_variant", type=click.Choice(["cpu", "gpu", "none"]), default="cpu",
               show_default=True, help="Which trainer image to build as well.")
 @click.option("--trainer-base-image", default=None,
-              help="Base for the trainer (default: Debian bookworm via mmdebstrap for cpu; give a CUDA image for gpu).")
+              help="Base for the trainer (default for cpu and gpu: Debian bookworm via mmdebstrap; for gpu a registry "
+              "CUDA base such as nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04 is an option, with a wheelhouse for its "
+              "Python: trainer_image/build_wheelhouse.py gpu --python-version 3.12).")
 @click.option("--force", is_flag=True, help="Rebuild even when the sources did not change.")
 @click.option("--project", "project", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Also build PROJECT's derived sandbox image (its test dependencies; no trainer).")
@@ -99,8 +101,6 @@ def images_build(base_image: str | None, trainer_variant: str, trainer_base_imag
         if requirements is not None:
             raise click.UsageError("--requirements goes with --project")
         if trainer_variant != "none":
-            if trainer_variant == "gpu" and not trainer_base_image:
-                trainer_base_image = "nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04"
             tag = build_trainer_image(client, trainer_variant, base_image=trainer_base_image, force=force)
             click.echo(f"trainer image ready: {tag}")
     except (RuntimeError, docker_sdk.errors.BuildError, docker_sdk.errors.APIError) as exc:

@@ -297,3 +297,24 @@ def apply(config, model_dir: Path) -> None:
     if "--gpu-memory-utilization" not in e.extra_args:  # applied once (a resumed run keeps its config)
         e.extra_args = [*vllm_gpu_args(section), *e.extra_args]
     config.run.backend = "vllm"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m orchestrator.gpu --has-runtime``: exit 0 when the Docker engine has an NVIDIA runtime
+    (the Makefile's test for building rsi-trainer:gpu in ``make images``), 1 otherwise."""
+    import sys
+
+    argv = sys.argv[1:] if argv is None else argv
+    if argv != ["--has-runtime"]:
+        print("usage: python -m orchestrator.gpu --has-runtime", file=sys.stderr)
+        return 2
+    try:
+        from .sandbox import connect
+
+        return 0 if nvidia_runtime(connect()) else 1
+    except Exception:  # noqa: BLE001 - no Docker: no GPU runtime
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

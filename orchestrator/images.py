@@ -33,6 +33,7 @@ MMDEBSTRAP_PACKAGES = "python3,python3-pytest"
 TRAINER_DOCKERFILE = REPO_ROOT / "trainer_image" / "Dockerfile"
 TRAINER_RUNNER_DIR = Path(__file__).resolve().parent / "trainer_runner"
 WHEELHOUSE = REPO_ROOT / "trainer_image" / "wheelhouse"
+GPU_WHEELHOUSE = REPO_ROOT / "trainer_image" / "wheelhouse-gpu"  # CUDA torch & co. (make trainer-gpu-image)
 TRAINER_OFFLINE_BASE = "rsi-trainer-base:bookworm"
 TRAINER_PACKAGES = "python3,python3-venv,ca-certificates"
 
@@ -122,21 +123,40 @@ def build_sandbox_image(client=None, tag: str = "rsi-sandbox:latest", base_image
     return tag
 
 
+def wheelhouse_dir(variant: str) -> Path:
+    """Each variant has its own wheelhouse: a CPU and a CUDA torch of the same version cannot share one."""
+    return GPU_WHEELHOUSE if variant == "gpu" else WHEELHOUSE
+
+
+def trainer_build_args(variant: str, base_image: str | None = None) -> dict[str, str]:
+    """The Dockerfile's build arguments. Both variants build FROM the same Debian base by default (the
+    GPU one gets the CUDA runtime from PyPI's CUDA torch wheels and the driver from the host through the
+    NVIDIA container toolkit); ``base_image`` (e.g. nvidia/cuda:...-ubuntu24.04) keeps a registry base as
+    an option, with a wheelhouse for its Python (build_wheelhouse.py gpu --python-version 3.12)."""
+    if variant not in ("cpu", "gpu"):
+        raise ValueError(f"unknown trainer variant {variant!r} (cpu or gpu)")
+    return {"BASE_IMAGE": base_image or TRAINER_OFFLINE_BASE, "VARIANT": variant}
+
+
 def build_trainer_image(client=None, variant: str = "cpu", tag: str | None = None, base_image: str | None = None,
                         force: bool = False) -> str:
-    """Build the trainer image from the host-built wheelhouse (``make trainer-wheels``)."""
+    """Build the trainer image from the host-built wheelhouse (``make trainer-wheels`` /
+    ``make trainer-gpu-image``)."""
     client = client or docker.from_env()
     tag = tag or f"rsi-trainer:{variant}"
+    buildargs = trainer_build_args(variant, base_image)
     requirements = REPO_ROOT / "trainer_image" / f"requirements-{variant}.txt"
     wanted = [line.split("==")[0].lower().replace("_", "-") for line in requirements.read_text().splitlines()
               if line.strip() and not line.startswith("#")]
-    wheels = sorted(WHEELHOUSE.glob("*.whl")) if WHEELHOUSE.exists() else []
+    house = wheelhouse_dir(variant)
+    wheels = sorted(house.glob("*.whl")) if house.exists() else []
     have = {w.name.split("-")[0].lower().replace("_", "-") for w in wheels}
     missing = [w for w in wanted if w not in have]
     if missing:
-        raise RuntimeError(f"trainer wheelhouse lacks {', '.join(missing[:5])}...: run `make trainer-wheels`")
-    if base_image is None:
-        base_image = TRAINER_OFFLINE_BASE
+        make = "make trainer-gpu-image" if variant == "gpu" else "make trainer-wheels"
+        raise RuntimeError(f"trainer wheelhouse {house.name} lacks {', '.join(missing[:5])}...: run `{make}`")
+    base_image = buildargs["BASE_IMAGE"]
+    if base_image == TRAINER_OFFLINE_BASE:
         if not _has_image(client, base_image):
             build_offline_base(client, base_image, TRAINER_PACKAGES)
     elif not _has_image(client, base_image):
@@ -158,7 +178,7 @@ def build_trainer_image(client=None, variant: str = "cpu", tag: str | None = Non
     context = _context_tar(files, {f"trainer_image/wheelhouse/{w.name}": w for w in wheels})
     try:
         client.images.build(fileobj=context, custom_context=True, dockerfile="trainer_image/Dockerfile", tag=tag,
-                            buildargs={"BASE_IMAGE": base_image, "VARIANT": variant}, labels={DIGEST_LABEL: want},
+                            buildargs=buildargs, labels={DIGEST_LABEL: want},
                             rm=True, forcerm=True, timeout=3600)
     finally:
         context.close()

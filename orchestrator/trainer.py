@@ -100,6 +100,9 @@ def container_kwargs(image: str, samples: Path, config_file: Path, model_dir: Pa
         kwargs["nano_cpus"] = int(limits.cpus * 1e9)
     if gpu:
         kwargs["device_requests"] = [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]
+        # the Debian-based GPU image has no CUDA base to set these: the NVIDIA toolkit reads them to mount
+        # the host driver's compute libraries (libcuda) into the container
+        kwargs["environment"].update(NVIDIA_VISIBLE_DEVICES="all", NVIDIA_DRIVER_CAPABILITIES="compute,utility")
     return kwargs
 
 

@@ -166,3 +166,99 @@ def test_missing_model_names_the_command(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(GpuProfileError, match=r"rsi models pull unsloth/gpt-oss-20b"):
         gpu.resolve_model(GpuSection())
+
+
+# --- the GPU trainer image (no registry) and its container ---
+
+def test_gpu_trainer_image_build_arguments():
+    from orchestrator import images
+
+    debian = images.TRAINER_OFFLINE_BASE
+    assert images.trainer_build_args("gpu") == {"BASE_IMAGE": debian, "VARIANT": "gpu"}
+    assert images.trainer_build_args("cpu") == {"BASE_IMAGE": debian, "VARIANT": "cpu"}  # the same base
+    cuda = "nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04"
+    assert images.trainer_build_args("gpu", cuda) == {"BASE_IMAGE": cuda, "VARIANT": "gpu"}  # registry option
+    with pytest.raises(ValueError):
+        images.trainer_build_args("tpu")
+    assert images.wheelhouse_dir("gpu") != images.wheelhouse_dir("cpu")  # a CPU and a CUDA torch never mix
+
+
+def _build_wheelhouse():
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "trainer_image" / "build_wheelhouse.py"
+    spec = importlib.util.spec_from_file_location("build_wheelhouse", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_wheelhouse_is_pypi_cuda_torch_for_the_debian_python():
+    bw = _build_wheelhouse()
+    cmd = bw.download_command("gpu", python="python3")
+    assert cmd[cmd.index("--python-version") + 1] == "3.11"  # bookworm's python3
+    assert "--no-deps" not in cmd and "--only-binary=:all:" in cmd and "manylinux_2_28_x86_64" in cmd
+    assert cmd[cmd.index("-d") + 1].endswith("wheelhouse-gpu") and cmd[cmd.index("-r") + 1].endswith("requirements-gpu.txt")
+    assert "--index-url" not in " ".join(cmd)  # PyPI's torch is the CUDA build: no extra index
+    assert bw.download_command("gpu", "3.12", python="python3")[cmd.index("--python-version") + 1] == "3.12"
+    cpu = bw.download_command("cpu", python="python3")
+    assert "--no-deps" in cpu and "--platform" not in cpu
+    pins = {ln.split("==")[0]: ln.split("==")[1] for ln in (Path(bw.HERE) / "requirements-gpu.txt").read_text().splitlines()
+            if "==" in ln and not ln.startswith("#")}
+    cpu_pins = {ln.split("==")[0]: ln.split("==")[1] for ln in (Path(bw.HERE) / "requirements-cpu.txt").read_text().splitlines()
+                if "==" in ln and not ln.startswith("#")}
+    assert pins["torch"] == cpu_pins["torch"] and pins["unsloth"] == cpu_pins["unsloth"]
+    assert {"bitsandbytes", "triton", "trl", "peft"} <= set(pins)
+
+
+class FakeImages:
+    def __init__(self, present):
+        self.present, self.built = set(present), []
+
+    def get(self, ref):
+        import docker
+
+        if ref not in self.present:
+            raise docker.errors.ImageNotFound(ref)
+        return type("Img", (), {"id": "sha256:" + ref, "labels": {}})()
+
+    def build(self, **kwargs):
+        kwargs["fileobj"].read()
+        self.built.append(kwargs)
+
+
+def test_build_trainer_image_gpu_uses_the_debian_base_and_its_own_wheelhouse(tmp_path, monkeypatch):
+    from orchestrator import images
+
+    req = Path(images.REPO_ROOT / "trainer_image" / "requirements-gpu.txt").read_text().splitlines()
+    for line in req:
+        if "==" in line and not line.startswith("#"):
+            name, version = line.split("==")
+            (tmp_path / f"{name.replace('-', '_')}-{version}-py3-none-any.whl").write_bytes(b"x")
+    monkeypatch.setattr(images, "GPU_WHEELHOUSE", tmp_path)
+    client = type("Client", (), {})()
+    client.images = FakeImages({images.TRAINER_OFFLINE_BASE})
+    assert images.build_trainer_image(client, "gpu") == "rsi-trainer:gpu"
+    build = client.images.built[0]
+    assert build["buildargs"] == {"BASE_IMAGE": images.TRAINER_OFFLINE_BASE, "VARIANT": "gpu"}
+    assert build["tag"] == "rsi-trainer:gpu" and build["dockerfile"] == "trainer_image/Dockerfile"
+    monkeypatch.setattr(images, "GPU_WHEELHOUSE", tmp_path / "empty")
+    with pytest.raises(RuntimeError, match="make trainer-gpu-image"):
+        images.build_trainer_image(client, "gpu")
+
+
+def test_gpu_trainer_container_requests_the_gpu_and_the_driver(tmp_path):
+    from orchestrator.trainer import TrainerLimits, container_kwargs
+
+    args = ("rsi-trainer:gpu", tmp_path / "s.jsonl", tmp_path / "c.json", tmp_path / "m", tmp_path / "o", TrainerLimits())
+    kw = container_kwargs(*args, gpu=True)
+    assert kw["device_requests"][0]["Capabilities"] == [["gpu"]]
+    assert kw["environment"]["NVIDIA_DRIVER_CAPABILITIES"] == "compute,utility"
+    assert kw["network_mode"] == "none" and kw["read_only"]
+    cpu = container_kwargs(*args, gpu=False)
+    assert "device_requests" not in cpu and "NVIDIA_DRIVER_CAPABILITIES" not in cpu["environment"]
+
+
+def test_has_runtime_entry_point():
+    assert gpu.main(["--bogus"]) == 2
+    assert gpu.main(["--has-runtime"]) in (0, 1)

@@ -1,14 +1,19 @@
 """Download the trainer's pinned wheels on the host (no pip network inside the image build).
 
-    python trainer_image/build_wheelhouse.py [cpu|gpu]
+    python trainer_image/build_wheelhouse.py cpu                       # -> trainer_image/wheelhouse/
+    python trainer_image/build_wheelhouse.py gpu [--python-version V]  # -> trainer_image/wheelhouse-gpu/
 
-CPU: wheels for this machine's Python (3.11, as on the Debian bookworm base). GPU: manylinux
-x86_64 wheels for Python 3.12 (Ubuntu 24.04 CUDA base), with their dependencies. Unsloth's wheel carries a web UI
-(``studio/``, ~120 MB) the trainer never imports; it is stripped.
+CPU: the complete pinned list for this machine's Python (3.11, as on the Debian bookworm base),
+without dependencies. GPU: manylinux x86_64 wheels with their whole closure, for the Python of the
+image's base: 3.11 for the default Debian bookworm base (the CUDA torch wheel from PyPI brings the
+CUDA runtime as nvidia-* wheels; the driver comes from the host), 3.12 for an Ubuntu 24.04 CUDA base
+(``rsi images build --trainer gpu --trainer-base-image nvidia/cuda:...``). Unsloth's wheel carries a
+web UI (``studio/``, ~120 MB) the trainer never imports; it is stripped.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -16,10 +21,21 @@ import zipfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-OUT = HERE / "wheelhouse"
-PLATFORM = ["--only-binary=:all:", "--python-version", "3.12", "--implementation", "cp",
-            "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux_2_17_x86_64",
-            "--platform", "manylinux2014_x86_64"]
+OUT = {"cpu": HERE / "wheelhouse", "gpu": HERE / "wheelhouse-gpu"}
+DEBIAN_PYTHON = "3.11"  # bookworm's python3, the default base of both images
+PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_24_x86_64", "manylinux_2_17_x86_64",
+             "manylinux2014_x86_64", "manylinux1_x86_64"]
+
+
+def download_command(variant: str, python_version: str = DEBIAN_PYTHON, python: str = sys.executable) -> list[str]:
+    cmd = [python, "-m", "pip", "download", "-q", "-d", str(OUT[variant]), "-r", str(HERE / f"requirements-{variant}.txt")]
+    if variant == "gpu":  # with dependencies: the full closure, for the base's Python and manylinux x86_64
+        cmd += ["--only-binary=:all:", "--python-version", python_version, "--implementation", "cp"]
+        for platform in PLATFORMS:
+            cmd += ["--platform", platform]
+    else:
+        cmd += ["--no-deps"]  # the CPU list is complete (and leaves triton out on purpose)
+    return cmd
 
 
 def strip_studio(wheel: Path) -> None:
@@ -34,18 +50,17 @@ def strip_studio(wheel: Path) -> None:
     os.replace(tmp, wheel)
 
 
-def main() -> int:
-    variant = sys.argv[1] if len(sys.argv) > 1 else "cpu"
-    OUT.mkdir(exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "-q", "-d", str(OUT), "-r", str(HERE / f"requirements-{variant}.txt")]
-    if variant == "gpu":
-        cmd += PLATFORM  # with dependencies: the full closure for the CUDA base
-    else:
-        cmd += ["--no-deps"]  # the CPU list is complete (and leaves triton out on purpose)
-    subprocess.run(cmd, check=True)
-    for wheel in OUT.glob("unsloth-*.whl"):
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("variant", nargs="?", choices=["cpu", "gpu"], default="cpu")
+    ap.add_argument("--python-version", default=DEBIAN_PYTHON, help="gpu: the image base's Python (default 3.11)")
+    args = ap.parse_args(argv)
+    out = OUT[args.variant]
+    out.mkdir(exist_ok=True)
+    subprocess.run(download_command(args.variant, args.python_version), check=True)
+    for wheel in out.glob("unsloth-*.whl"):
         strip_studio(wheel)
-    print(f"wheelhouse: {len(list(OUT.glob('*.whl')))} wheels in {OUT}")
+    print(f"wheelhouse: {len(list(out.glob('*.whl')))} wheels in {out}")
     return 0
 
 
