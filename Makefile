@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 
 LLAMA_STAMP := $(VENV)/.llama-server
 
-.PHONY: install images test test-fast bench run clean docker-check test-deps corpus trainer-wheels trainer-gpu-image vllm vllm-optional
+.PHONY: install images test test-fast bench run clean docker-check test-deps corpus trainer-wheels trainer-gpu-image vllm vllm-optional vllm-gpu
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,13 @@ $(VLLM_STAMP):
 	touch $(VLLM_STAMP)
 
 vllm: $(VLLM_STAMP)
+
+# vLLM for the GPU profile (orchestrator/gpu.py) where the vllm/vllm-openai image cannot be pulled:
+# PyPI's CUDA build, same release, in its own venv ([gpu] server = "venv").
+vllm-gpu:
+	$(PYTHON) -m venv .venv-vllm-gpu
+	.venv-vllm-gpu/bin/pip install -q 'vllm==0.32.0'
+	.venv-vllm-gpu/bin/python -c "import vllm.entrypoints.openai.api_server"
 
 # `make install`/`make run` go on without vLLM where it cannot be installed (the local backend).
 vllm-optional:

@@ -318,3 +318,113 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+# --- the vLLM server in its container (server = "image") --------------------------------------------
+
+class ContainerServer:
+    """vLLM from the ``vllm/vllm-openai`` image on the GPU: started, health-checked and removed here
+    (``stop()`` from the caller's ``finally``, and at exit). Containers carry ``LABEL``; ones left by a
+    killed run of this host are removed at the next start."""
+
+    def __init__(self, client, section: GpuSection, model_dir: Path, adapters_dir: Path, port: int = 0,
+                 served_name: str = "base"):
+        self.client, self.section, self.served_name = client, section, served_name
+        self.model_dir, self.adapters_dir, self.port = Path(model_dir), Path(adapters_dir), port
+        self.container = None
+
+    @property
+    def root_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return self.root_url + "/v1"
+
+    def start(self, say=print, startup_timeout_s: float = 900, poll_s: float = 1.0) -> "ContainerServer":
+        import atexit
+        import time
+
+        import requests
+
+        for stale in self.client.containers.list(all=True, filters={"label": LABEL}):
+            stale.remove(force=True)
+        if not self.port:
+            from .engine import free_port
+
+            self.port = free_port()
+        self.adapters_dir.mkdir(parents=True, exist_ok=True)
+        self.container = self.client.containers.run(**container_kwargs(
+            self.section, self.model_dir, self.adapters_dir, self.port, self.served_name))
+        atexit.register(self.stop)
+        say(f"vLLM (GPU, {self.section.vllm_image}): starting on {self.model_dir.name} at {self.base_url} ...")
+        started = time.monotonic()
+        try:
+            while True:
+                self.container.reload()
+                if self.container.status in ("exited", "dead"):
+                    tail = self.container.logs(tail=3).decode(errors="replace").strip().replace("\n", " | ")
+                    raise GpuProfileError(f"the vLLM container exited during start-up: {tail[-400:]}")
+                try:
+                    if requests.get(self.root_url + "/health", timeout=2).status_code == 200:
+                        say(f"vLLM (GPU): ready in {time.monotonic() - started:.0f} s")
+                        return self
+                except requests.RequestException:
+                    pass
+                if time.monotonic() - started > startup_timeout_s:
+                    raise GpuProfileError(f"the vLLM container did not answer /health within {startup_timeout_s:.0f} s")
+                time.sleep(poll_s)
+        except BaseException:  # Ctrl-C included: no half-started server stays
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        import atexit
+
+        container, self.container = self.container, None
+        if container is not None:
+            try:
+                container.remove(force=True)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+            atexit.unregister(self.stop)
+
+
+# --- turning the profile on for a run ----------------------------------------------------------------
+
+VENV_GPU = Path(__file__).resolve().parent.parent / ".venv-vllm-gpu"
+
+
+def activate(config, flag: bool | None, adapters_dir: Path, connect=None, say=print):
+    """Resolve the profile for ``rsi run``; when on, point the run at the GPU server. Returns the
+    ``ContainerServer`` the caller must stop (image server), or None (off, or a venv server that the
+    vllm backend's managed engine starts and stops). ``adapters_dir``: where the run's adapters are
+    written (the run directory), mounted read-only at the same path into a container server. Raises
+    ``GpuProfileError`` (one line)."""
+    import os
+
+    section = config.gpu
+    on = resolve(flag, section, connect)
+    section.enabled = "on" if on else "off"  # a resumed run keeps the decision
+    if not on:
+        return None
+    model_dir = resolve_model(section)
+    apply(config, model_dir)
+    kind = section.server
+    client = None
+    if kind != "venv":
+        if connect is None:
+            from .sandbox import connect
+        client = connect()
+        kind = server_kind(section, client)
+    if kind == "image":
+        server = ContainerServer(client, section, model_dir, Path(adapters_dir).resolve(),
+                                 served_name=config.engine.served_model).start(say)
+        config.engine.base_url = server.base_url
+        return server
+    python = Path(section.vllm_python) if section.vllm_python else VENV_GPU / "bin" / "python"
+    if not python.exists():
+        raise GpuProfileError(f"no vLLM for the GPU: the image {section.vllm_image} cannot be pulled and {python} "
+                              "does not exist (run `make vllm-gpu`, or set [gpu] vllm_python)")
+    os.environ["RSI_VLLM_PYTHON"] = str(python)  # the managed engine's interpreter (orchestrator/engine.py)
+    return None

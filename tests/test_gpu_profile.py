@@ -262,3 +262,120 @@ def test_gpu_trainer_container_requests_the_gpu_and_the_driver(tmp_path):
 def test_has_runtime_entry_point():
     assert gpu.main(["--bogus"]) == 2
     assert gpu.main(["--has-runtime"]) in (0, 1)
+
+
+# --- the container server and turning the profile on (fakes: no GPU, no vLLM image here) ---
+
+class FakeContainer:
+    def __init__(self, statuses):
+        self.statuses, self.status, self.removed = list(statuses), "created", False
+
+    def reload(self):
+        if self.statuses:
+            self.status = self.statuses.pop(0)
+
+    def logs(self, tail=3):
+        return b"RuntimeError: CUDA driver version is insufficient\n"
+
+    def remove(self, force=False):
+        self.removed = True
+
+
+class FakeContainers:
+    def __init__(self, container, stale=()):
+        self.container, self.stale, self.run_kwargs = container, list(stale), None
+
+    def list(self, all=False, filters=None):
+        assert filters == {"label": gpu.LABEL}
+        return self.stale
+
+    def run(self, **kwargs):
+        self.run_kwargs = kwargs
+        return self.container
+
+
+def _health_server():
+    import http.server
+    import threading
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200 if self.path == "/health" else 404)
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv
+
+
+def test_container_server_starts_waits_for_health_and_is_removed(tmp_path):
+    srv = _health_server()
+    try:
+        stale = FakeContainer([])
+        client = type("C", (), {})()
+        client.containers = FakeContainers(FakeContainer(["running"]), stale=[stale])
+        server = gpu.ContainerServer(client, GpuSection(), tmp_path / "model", tmp_path / "run",
+                                     port=srv.server_address[1])
+        server.start(say=lambda line: None, poll_s=0.05)
+        assert stale.removed  # left by a killed run
+        assert client.containers.run_kwargs["ports"] == {"8000/tcp": ("127.0.0.1", srv.server_address[1])}
+        assert server.base_url == f"http://127.0.0.1:{srv.server_address[1]}/v1"
+        container = server.container
+        server.stop()
+        assert container.removed and server.container is None
+    finally:
+        srv.shutdown()
+
+
+def test_container_server_that_dies_is_one_line_and_removed(tmp_path):
+    container = FakeContainer(["exited"])
+    client = type("C", (), {})()
+    client.containers = FakeContainers(container)
+    with pytest.raises(GpuProfileError, match="exited during start-up: RuntimeError: CUDA driver"):
+        gpu.ContainerServer(client, GpuSection(), tmp_path, tmp_path, port=9).start(say=lambda line: None)
+    assert container.removed
+
+
+def test_activate_off_changes_nothing(tmp_path):
+    from orchestrator.config import RunConfig
+
+    config = RunConfig.load()
+    before = config.model_dump()
+    assert gpu.activate(config, None, tmp_path, connect=lambda: FakeClient(PLAIN)) is None
+    assert config.gpu.enabled == "off"
+    after = config.model_dump()
+    after["gpu"]["enabled"] = before["gpu"]["enabled"]
+    assert after == before
+
+
+def test_activate_on_with_a_venv_server(tmp_path, monkeypatch):
+    from orchestrator.config import RunConfig
+
+    model = tmp_path / "gpt-oss-20b"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "gpt_oss"}')
+    python = tmp_path / "venv" / "bin" / "python"
+    config = RunConfig.load()
+    config.gpu.model, config.gpu.server = str(model), "venv"
+    config.gpu.vllm_python = str(python)
+    with pytest.raises(GpuProfileError, match="make vllm-gpu"):
+        gpu.activate(config, True, tmp_path, connect=lambda: FakeClient(NVIDIA))
+    python.parent.mkdir(parents=True)
+    python.write_text("")
+    monkeypatch.setenv("RSI_VLLM_PYTHON", "restored-after-the-test")
+    assert gpu.activate(config, True, tmp_path, connect=lambda: FakeClient(NVIDIA)) is None
+    import os
+
+    assert os.environ["RSI_VLLM_PYTHON"] == str(python)
+    assert config.gpu.enabled == "on" and config.run.backend == "vllm" and config.engine.model == str(model)
+    assert "--gpu-memory-utilization" in config.engine.extra_args
+
+
+def test_activate_gpu_flag_without_runtime_fails_before_anything(tmp_path):
+    from orchestrator.config import RunConfig
+
+    with pytest.raises(GpuProfileError, match="no NVIDIA runtime"):
+        gpu.activate(RunConfig.load(), True, tmp_path, connect=lambda: FakeClient(PLAIN))
