@@ -152,6 +152,10 @@ def build_trainer_image(client=None, variant: str = "cpu", tag: str | None = Non
     wheels = sorted(house.glob("*.whl")) if house.exists() else []
     have = {w.name.split("-")[0].lower().replace("_", "-") for w in wheels}
     missing = [w for w in wanted if w not in have]
+    cpu_torch = [w.name for w in wheels if variant == "gpu" and w.name.startswith("torch-") and "+cpu" in w.name]
+    if cpu_torch:  # a pip configuration with a CPU find-links / index served it instead of PyPI's CUDA build
+        raise RuntimeError(f"the GPU wheelhouse holds a CPU torch ({cpu_torch[0]}): remove it and rebuild with "
+                           "PyPI's torch (e.g. PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= make trainer-gpu-image)")
     if missing:
         make = "make trainer-gpu-image" if variant == "gpu" else "make trainer-wheels"
         raise RuntimeError(f"trainer wheelhouse {house.name} lacks {', '.join(missing[:5])}...: run `{make}`")

@@ -242,6 +242,9 @@ def test_build_trainer_image_gpu_uses_the_debian_base_and_its_own_wheelhouse(tmp
     build = client.images.built[0]
     assert build["buildargs"] == {"BASE_IMAGE": images.TRAINER_OFFLINE_BASE, "VARIANT": "gpu"}
     assert build["tag"] == "rsi-trainer:gpu" and build["dockerfile"] == "trainer_image/Dockerfile"
+    (tmp_path / "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl").write_bytes(b"x")
+    with pytest.raises(RuntimeError, match="holds a CPU torch"):
+        images.build_trainer_image(client, "gpu")
     monkeypatch.setattr(images, "GPU_WHEELHOUSE", tmp_path / "empty")
     with pytest.raises(RuntimeError, match="make trainer-gpu-image"):
         images.build_trainer_image(client, "gpu")
