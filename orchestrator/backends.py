@@ -20,11 +20,13 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import requests
 
 from .adapters import AdapterRefused, check_adapter_dir
+from .reply_format import JSON, ReplyFormat, has_closed_block
 from .schema import json_schema
 
 # Decoding-time constraints (stricter than validation, which the policy does): small models
@@ -33,8 +35,12 @@ RATIONALE_MAX_CHARS = 240
 CONTENT_MAX_CHARS = 4000
 DECODING_MAX_FILES = 2
 # Bounded quantifiers: xgrammar ignores maxLength next to a pattern, so the pattern bounds itself.
-PATH_PATTERNS = {"patch": r"^([A-Za-z0-9_]{1,24}/){0,3}[A-Za-z0-9_]{1,40}\.py$",
-                 "tests": r"^([A-Za-z0-9_]{1,24}/){0,3}test_gen_[A-Za-z0-9_]{1,40}\.py$"}
+def path_pattern(phase: str) -> str:
+    """The decoder's path pattern for a phase; generated tests' prefix comes from the policy."""
+    from .policy import generated_test_prefix
+
+    prefix = re.escape(generated_test_prefix()) if phase == "tests" else ""
+    return r"^([A-Za-z0-9_]{1,24}/){0,3}" + prefix + r"[A-Za-z0-9_]{1,40}\.py$"
 
 
 class ReplayExhausted(Exception):
@@ -53,7 +59,7 @@ def decoding_schema(phase: str, content_max: int = CONTENT_MAX_CHARS) -> dict:
     files = schema["properties"]["edits" if phase == "patch" else "tests"]
     files["maxItems"] = DECODING_MAX_FILES
     edit = schema["$defs"]["FileEdit"]["properties"]
-    edit["path"]["pattern"] = PATH_PATTERNS[phase]
+    edit["path"]["pattern"] = path_pattern(phase)
     edit["content"]["maxLength"] = content_max
     return schema
 
@@ -85,18 +91,23 @@ class Backend:
     # What the backend can do: "adapters" (hot-loads LoRA adapters: training is allowed),
     # "batching" (generate_many is one batched request), "seeds" (reproducible sampling).
     capabilities: frozenset[str] = frozenset()
+    # The model's preferred reply format ("json" | "code", from [model] in run.toml; make_backend
+    # sets it). Callers turn it into each request's format (reply_format.for_request) and pass that
+    # as ``fmt``: the JSON format decodes under the reply schema's grammar, the code format freely.
+    reply_format: str = "json"
 
-    def generate(self, messages: list[dict], phase: str, task: str | None = None, seed: int | None = None) -> str:
+    def generate(self, messages: list[dict], phase: str, task: str | None = None, seed: int | None = None,
+                 fmt: ReplyFormat = JSON) -> str:
         """One reply. ``seed``: sample (reproducibly) instead of decoding greedily, where supported."""
         raise NotImplementedError
 
     def generate_many(self, messages: list[dict], phase: str, task: str | None = None, n: int = 1,
-                      temperature: float = 0.8, seed: int | None = None) -> list[str]:
+                      temperature: float = 0.8, seed: int | None = None, fmt: ReplyFormat = JSON) -> list[str]:
         """``n`` replies to one prompt. Here: ``generate`` n times with seeds seed+i (greedy when
         n == 1 and no seed); backends with "batching" send them as one batch."""
         if n == 1 and seed is None:
-            return [self.generate(messages, phase, task)]
-        return [self.generate(messages, phase, task, seed=(seed or 0) + i) for i in range(n)]
+            return [self.generate(messages, phase, task, fmt=fmt)]
+        return [self.generate(messages, phase, task, seed=(seed or 0) + i, fmt=fmt) for i in range(n)]
 
     def snapshot(self) -> dict:
         """Serializable position (for resume)."""
@@ -131,7 +142,7 @@ class ReplayBackend(Backend):
                 self.lines.append(obj)
         self.used: set[int] = set()
 
-    def generate(self, messages, phase, task=None, seed=None):
+    def generate(self, messages, phase, task=None, seed=None, fmt=JSON):
         for i, obj in enumerate(self.lines):
             if i in self.used or obj["phase"] != phase:
                 continue
@@ -176,14 +187,15 @@ class OpenAIBackend(Backend):
     def _request_model(self) -> str:
         return self.model_id
 
-    def generate(self, messages, phase, task=None, seed=None):
+    def generate(self, messages, phase, task=None, seed=None, fmt=JSON):
         body = {"model": self._request_model(), "messages": messages, "max_tokens": self.max_tokens,
-                "temperature": self.temperature if seed is None else max(self.temperature, 0.8),
-                "response_format": self._response_format(phase)}
+                "temperature": self.temperature if seed is None else max(self.temperature, 0.8)}
+        if fmt.name == "json":
+            body["response_format"] = self._response_format(phase)
         if seed is not None:
             body["seed"] = seed
         resp = self._post(body)
-        if (resp.status_code in (400, 422, 500) and "response_format" in resp.text
+        if (fmt.name == "json" and resp.status_code in (400, 422, 500) and "response_format" in resp.text
                 and self.format_style == "json_schema"):
             self.format_style = "json_object"  # the server knows only json_object (+ schema): remember
             resp = self._post(body | {"response_format": self._response_format(phase)})
@@ -224,6 +236,9 @@ class VLLMBackend(OpenAIBackend):
         self.probes: dict[str, tuple] = {}
         self.verified: set[str] = set()  # adapters that passed a probe against the model they replaced
         self.last_tokens = 0
+        # the served model's extra request fields and reply parsing (gpt-oss: orchestrator/gpu.py)
+        self.request_options: dict = {}
+        self.reply_of = lambda message: message["content"] or ""
 
     @property
     def root_url(self) -> str:
@@ -249,23 +264,26 @@ class VLLMBackend(OpenAIBackend):
         except ValueError as exc:
             raise BackendError(f"unexpected answer from {self.base_url}: {resp.text[:300]}") from exc
 
-    def generate(self, messages, phase, task=None, seed=None):
+    def generate(self, messages, phase, task=None, seed=None, fmt=JSON):
         """Greedy, or sampled at temperature 0.8 with ``seed``."""
-        return self.generate_many(messages, phase, task, n=1, temperature=0.0 if seed is None else 0.8, seed=seed)[0]
+        return self.generate_many(messages, phase, task, n=1, temperature=0.0 if seed is None else 0.8, seed=seed,
+                                  fmt=fmt)[0]
 
-    def generate_many(self, messages, phase, task=None, n=1, temperature=0.8, seed=None):
+    def generate_many(self, messages, phase, task=None, n=1, temperature=0.8, seed=None, fmt=JSON):
         """``n`` replies in one request (vLLM batches them); greedy when n == 1 and temperature 0."""
         if n < 1:
             raise ValueError("n must be at least 1")
         if n > 1 and temperature <= 0:
             raise ValueError("n > 1 samples need temperature > 0 (greedy decoding gives one reply)")
         body = {"model": self._request_model(), "messages": messages, "max_tokens": self.max_tokens, "n": n,
-                "temperature": temperature, "response_format": self._response_format(phase)}
+                "temperature": temperature}
+        if fmt.name == "json":
+            body["response_format"] = self._response_format(phase)
         if seed is not None:
             body["seed"] = seed
-        out = self._chat(body)
+        out = self._chat(body | self.request_options)
         try:
-            return [c["message"]["content"] or "" for c in sorted(out["choices"], key=lambda c: c["index"])]
+            return [self.reply_of(c["message"]) for c in sorted(out["choices"], key=lambda c: c["index"])]
         except (KeyError, TypeError) as exc:
             raise BackendError(f"unexpected answer from {self.base_url}: {str(out)[:300]}") from exc
 
@@ -344,13 +362,14 @@ class VLLMBackend(OpenAIBackend):
 
 
 class LocalBackend(Backend):
-    """transformers + PEFT in process; greedy decoding constrained by xgrammar."""
+    """transformers + PEFT in process; greedy decoding, constrained by xgrammar for JSON replies;
+    a code-block reply stops at the end of its first complete fenced block."""
 
     name = "local"
     capabilities = frozenset({"adapters", "seeds"})
 
     def __init__(self, model_dir: Path | str, model_id: str, max_new_tokens: int = 768, threads: int | None = None,
-                 retry_temperature: float = 0.8):
+                 retry_temperature: float = 0.8, dtype: str = "float32"):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -361,7 +380,7 @@ class LocalBackend(Backend):
         self.max_new_tokens = max_new_tokens
         self.retry_temperature = retry_temperature
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-        self.base = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32)
+        self.base = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=getattr(torch, dtype))
         self.base.eval()
         self.model = self.base
         self._grammars: dict[str, object] = {}
@@ -380,13 +399,34 @@ class LocalBackend(Backend):
                 json.dumps(decoding_schema(phase, content_max)), any_whitespace=False)
         return self._grammars[phase]
 
-    def generate(self, messages, phase, task=None, seed=None):
-        import torch
+    def _constraints(self, phase: str, fmt: ReplyFormat, prompt_len: int) -> dict:
+        """JSON: the reply schema's grammar (and its stop tokens); code: stop after the first
+        complete fenced block (what follows it is prose the reply does not need)."""
         import xgrammar as xgr
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        if fmt.name == "json":
+            processor = xgr.contrib.hf.LogitsProcessor(self._grammar(phase))
+            return {"logits_processor": [processor], "eos_token_id": self._stop_ids}
+        tokenizer = self.tokenizer
+
+        class BlockClosed(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                last = tokenizer.decode(input_ids[0, -1:])
+                if "`" not in last and "~" not in last:
+                    return False
+                return has_closed_block(tokenizer.decode(input_ids[0, prompt_len:], skip_special_tokens=True))
+
+        eos = self.base.generation_config.eos_token_id
+        stops = sorted({self.tokenizer.eos_token_id, *(eos if isinstance(eos, list) else [eos])} - {None})
+        return {"stopping_criteria": StoppingCriteriaList([BlockClosed()]), "eos_token_id": stops}
+
+    def generate(self, messages, phase, task=None, seed=None, fmt=JSON):
+        import torch
 
         inputs = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
                                                     return_dict=True)
-        processor = xgr.contrib.hf.LogitsProcessor(self._grammar(phase))
+        constraints = self._constraints(phase, fmt, inputs["input_ids"].shape[1])
         # First attempt greedy; a retry (the conversation holds a rejected reply) samples, so it
         # can differ, with a seed taken from the messages, so a replayed step gives the same text.
         retry = any(m["role"] == "assistant" for m in messages)
@@ -395,9 +435,8 @@ class LocalBackend(Backend):
             digest = int(hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()[:8], 16)
             torch.manual_seed(digest + (seed or 0))
             sampling = {"do_sample": True, "temperature": self.retry_temperature, "top_p": 0.95}
-        with torch.inference_mode():  # stop on the grammar's stop tokens, not only the model's EOS
-            out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, **sampling,
-                                      logits_processor=[processor], eos_token_id=self._stop_ids,
+        with torch.inference_mode():  # JSON: stop on the grammar's stop tokens, not only the model's EOS
+            out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, **sampling, **constraints,
                                       pad_token_id=self.tokenizer.eos_token_id)
         new = out[0, inputs["input_ids"].shape[1]:]
         self.last_tokens = int(new.shape[0])
@@ -443,13 +482,7 @@ def make_vllm_backend(config, base_url: str | None = None, say=_stderr) -> VLLMB
     url = base_url or e.base_url
     model_dir = Path(e.model) if e.model else None
     if model_dir is None:
-        from .embedded_model import MODEL_ID, ensure_converted
-
-        try:
-            model_dir = ensure_converted()
-        except (FileNotFoundError, ImportError) as exc:
-            raise BackendError(f"embedded model unavailable: {exc}") from exc
-        model_name = MODEL_ID
+        model_dir, model_name, _ = _embedded(config)
     else:
         model_name = model_dir.name
     engine = None
@@ -462,12 +495,35 @@ def make_vllm_backend(config, base_url: str | None = None, say=_stderr) -> VLLMB
         except EngineError as exc:
             raise BackendError(str(exc)) from exc
         url = engine.base_url
-    return VLLMBackend(url, f"vllm/{model_name}", served_model=e.served_model, engine=engine,
-                       max_tokens=config.model.max_new_tokens, max_lora_rank=e.max_lora_rank, model_dir=model_dir)
+    backend = VLLMBackend(url, f"vllm/{model_name}", served_model=e.served_model, engine=engine,
+                          max_tokens=config.model.max_new_tokens, max_lora_rank=e.max_lora_rank, model_dir=model_dir)
+    if getattr(getattr(config, "gpu", None), "enabled", "off") == "on":  # the GPU profile (orchestrator/gpu.py)
+        from .gpu import configure_backend
+
+        configure_backend(backend, config.gpu, model_dir)
+    return backend
+
+
+def _embedded(config) -> tuple[Path, str, str]:
+    """(checkpoint directory, model id, dtype) of the run's embedded model, prepared on first use."""
+    from .embedded_model import EmbeddedModelError, default_name, ensure_converted, get
+
+    try:
+        model = get(default_name(config.model.embedded))
+        return ensure_converted(model.name), model.model_id, model.dtype
+    except (FileNotFoundError, ImportError, EmbeddedModelError) as exc:
+        raise BackendError(f"embedded model unavailable: {exc}") from exc
 
 
 def make_backend(name: str, config, replies: Path | None = None, base_url: str | None = None) -> Backend:
-    """Build the backend a run asked for (``config`` is a RunConfig)."""
+    """Build the backend a run asked for (``config`` is a RunConfig), asking its model in the
+    model's reply format (``[model]``: reply_format, reply_formats)."""
+    backend = _make_backend(name, config, replies, base_url)
+    backend.reply_format = config.model.format_for(backend.model_id)
+    return backend
+
+
+def _make_backend(name: str, config, replies: Path | None, base_url: str | None) -> Backend:
     import os
 
     name = resolve_backend(name)
@@ -481,11 +537,6 @@ def make_backend(name: str, config, replies: Path | None = None, base_url: str |
         m = config.model
         return OpenAIBackend(base_url or m.openai_base_url, m.openai_model, os.environ.get(m.openai_api_key_env))
     if name == "local":
-        from .embedded_model import MODEL_ID, ensure_converted
-
-        try:
-            path = ensure_converted()
-        except (FileNotFoundError, ImportError) as exc:
-            raise BackendError(f"embedded model unavailable: {exc}") from exc
-        return LocalBackend(path, MODEL_ID, max_new_tokens=config.model.max_new_tokens)
+        path, model_id, dtype = _embedded(config)
+        return LocalBackend(path, model_id, max_new_tokens=config.model.max_new_tokens, dtype=dtype)
     raise BackendError(f"unknown backend {name!r} (auto, vllm, local, openai, replay)")

@@ -36,24 +36,46 @@ def sandbox() -> None:
 @click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--timeout", "timeout_s", type=float, default=None, help="Wall-clock seconds for pytest.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
-def sandbox_run(path: Path, timeout_s: float | None, as_json: bool) -> None:
+@click.option("--judged", "judged_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="A directory of hidden tests for the judge (run out of the candidate's reach).")
+def sandbox_run(path: Path, timeout_s: float | None, as_json: bool, judged_dir: Path | None) -> None:
     """Run PATH's tests once in a fresh container. Exit 0 pass, 1 other verdict, 2 infrastructure."""
     from .sandbox import InfraError, run_tests
 
+    judge = None
+    if judged_dir is not None:
+        judge = {p.relative_to(judged_dir).as_posix(): p.read_text()
+                 for p in sorted(judged_dir.rglob("*.py")) if p.is_file() and not p.is_symlink()}
     try:
-        result = run_tests(path, timeout_s=timeout_s)
+        result = run_tests(path, timeout_s=timeout_s, judge=judge)
     except InfraError as exc:
         _fail_infra(str(exc))
+    ok = result.verdict == "pass" and (result.judged is None or result.judged.verdict == "pass")
     if as_json:
         click.echo(json.dumps(result.model_dump(exclude={"tests"}) | {"tests": result.tests}))
     else:
-        colour = "green" if result.verdict == "pass" else "red"
-        click.echo(click.style(result.verdict.upper(), fg=colour, bold=True)
-                   + f"  passed={result.passed} failed={result.failed} errors={result.errors}"
-                   f" skipped={result.skipped} in {result.duration_s:.2f}s")
-        for reason in result.reasons:
-            click.echo(f"  - {reason}")
-    sys.exit(0 if result.verdict == "pass" else 1)
+        for label, part in (("", result), ("judged: ", result.judged)):
+            if part is None:
+                continue
+            colour = "green" if part.verdict == "pass" else "red"
+            click.echo(label + click.style(part.verdict.upper(), fg=colour, bold=True)
+                       + f"  passed={part.passed} failed={part.failed} errors={part.errors}"
+                       f" skipped={part.skipped} in {part.duration_s:.2f}s")
+            for reason in part.reasons:
+                click.echo(f"  - {printable(reason)}")
+    sys.exit(0 if ok else 1)
+
+
+_CONTROL = {c: f"\\x{c:02x}" for c in list(range(0, 32)) + [127] if c not in (9,)}
+_CONTROL.update({c: f"\\u{c:04x}" for c in range(0x80, 0xA0)})
+_CONTROL.update({c: f"\\u{c:04x}" for c in (0x200E, 0x200F, 0x202A, 0x202B, 0x202C, 0x202D, 0x202E,
+                                                0x2066, 0x2067, 0x2068, 0x2069, 0x061C)})
+
+
+def printable(text: str) -> str:
+    """Untrusted text (test ids, messages, output from a sandbox) for a terminal: control and
+    bidirectional characters shown as escapes, so nothing can redraw the screen."""
+    return str(text).translate(_CONTROL)
 
 
 @main.group()
@@ -209,17 +231,55 @@ def audit_show(run_dir: Path, iteration: int | None) -> None:
     render(_audit_file(run_dir), iteration)
 
 
-def _train_hook(config):
-    """The loop's training burst, when the config asks for one and the backend can use adapters."""
-    if config.run.train_every and config.run.backend != "local":
-        click.echo(f"rsi: training is off: the {config.run.backend} backend cannot load adapters", err=True)
+def _train_hook(config, backend):
+    """The loop's training burst, when the config asks for one and the backend hot-loads adapters."""
+    if config.run.train_every and "adapters" not in backend.capabilities:
+        click.echo(f"rsi: training is off: the {backend.name} backend cannot load adapters", err=True)
         config.run.train_every = 0
     if not config.run.train_every:
         return None
     from .embedded_model import ensure_converted
     from .training import TrainHook
 
-    return TrainHook(ensure_converted())
+    if getattr(config, "gpu", None) is not None and config.gpu.enabled == "on":  # 4-bit, Unsloth, rsi-trainer:gpu
+        from .gpu import trainer_config
+
+        return TrainHook(backend.model_dir, trainer_config(config.gpu), gpu=True)
+    return TrainHook(getattr(backend, "model_dir", None) or ensure_converted())
+
+
+def _gpu_profile(config, flag, run_dir):
+    """The GPU profile (orchestrator/gpu.py): off without an NVIDIA runtime (nothing changes); on, the run
+    serves [gpu] model with vLLM on the GPU. Returns the vLLM container to stop, or None."""
+    from .gpu import GpuProfileError, activate
+
+    try:
+        return activate(config, flag, Path(run_dir), say=lambda line: click.echo(f"rsi: {line}", err=True))
+    except GpuProfileError as exc:
+        _fail_infra(str(exc))
+
+
+def _sigterm_as_interrupt() -> None:
+    """SIGTERM ends the command as Ctrl-C does: through its finally blocks (a managed server stops)."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+BACKENDS = ["auto", "vllm", "local", "openai", "replay"]
+BASE_URL_HELP = "vllm/openai backends: an already running server (http://HOST:PORT/v1), e.g. from `rsi serve`."
+
+
+def _backend(name, config, replies, base_url):
+    from .backends import make_backend, resolve_backend
+
+    resolved = resolve_backend(name)
+    if name == "auto" and resolved == "local":
+        click.echo("rsi: vLLM is not installed (.venv-vllm; `make vllm`): using the local backend", err=True)
+    return make_backend(resolved, config, replies, base_url)
 
 
 @main.command("run")
@@ -227,22 +287,49 @@ def _train_hook(config):
 @click.option("--workspace", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="A directory with tests (copied, never modified).")
 @click.option("--task", "task_id", help="seed (default) or a HumanEval id (e.g. HumanEval/2 or 2).")
-@click.option("--backend", type=click.Choice(["local", "openai", "replay"]), default=None)
+@click.option("--backend", type=click.Choice(BACKENDS), default=None,
+              help="Default: [run] backend (auto: vllm where installed, else local).")
 @click.option("--replies", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="JSONL of recorded replies (replay backend).")
+@click.option("--base-url", default=None, help=BASE_URL_HELP)
 @click.option("--max-iterations", type=int, default=None)
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
 @click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Continue the run in this directory after a crash or stop.")
-def run_cmd(config_file, workspace, task_id, backend, replies, max_iterations, run_dir, resume_dir) -> None:
-    """Run the self-improvement loop (default: the seed task on the embedded model)."""
-    from .backends import BackendError, make_backend
+@click.option("--suite", default=None, help="Rounds over a task suite: humaneval-train, seed, bugfix-train, "
+              "dir:PATH ('+' joins); see orchestrator/suites.py.")
+@click.option("--tasks", "task_list", default=None,
+              help="Rounds over these tasks: HumanEval/N, seed, bugfix:HumanEval/N#i, or directories (comma-separated).")
+@click.option("--rounds", "n_rounds", type=int, default=None, help="Rounds: the most rounds ([rounds] rounds).")
+@click.option("--tasks-per-round", type=int, default=None)
+@click.option("--k", "k_samples", type=int, default=None, help="Rounds: candidates per task.")
+@click.option("--seed", type=int, default=None, help="Rounds: the suite's and the sampling seed.")
+@click.option("--max-wall", type=float, default=None, help="Rounds: wall-time budget in seconds.")
+@click.option("--max-samples", type=int, default=None, help="Rounds: budget of generated replies.")
+@click.option("--gpu/--no-gpu", "gpu_flag", default=None,
+              help="GPU profile: serve [gpu] model with vLLM on the GPU, train in rsi-trainer:gpu (default: on when the Docker engine has an NVIDIA runtime).")
+def run_cmd(config_file, workspace, task_id, backend, replies, base_url, max_iterations, run_dir,
+            resume_dir, suite, task_list, n_rounds, tasks_per_round, k_samples, seed, max_wall, max_samples,
+            gpu_flag=None) -> None:
+    """Run the self-improvement loop (default: the seed task on the embedded model), or rounds over
+    many tasks with --suite/--tasks."""
+    from .rounds import is_rounds_dir
+
+    if suite or task_list or (resume_dir and is_rounds_dir(resume_dir)):
+        _run_rounds(config_file, backend, replies, base_url, run_dir, resume_dir, suite, task_list,
+                    dict(rounds=n_rounds, tasks_per_round=tasks_per_round, k=k_samples, seed=seed,
+                         max_wall_s=max_wall, max_samples=max_samples))
+        return
+    from .adapters import AdapterRefused
+    from .backends import BackendError
     from .config import RunConfig
     from .loop import Loop, RunError
     from .sandbox import InfraError
     from .tasks import humaneval_split, humaneval_task, seed_task, user_task
     from .workspace import ProtectedFileChanged
 
+    model = gpu_server = None
+    _sigterm_as_interrupt()
     try:
         if resume_dir:
             saved = json.loads((resume_dir / "run.json").read_text())
@@ -250,11 +337,13 @@ def run_cmd(config_file, workspace, task_id, backend, replies, max_iterations, r
             if max_iterations:
                 config.run.max_iterations = max_iterations
             config.run.backend = backend or saved["backend"]
-            loop = Loop(resume_dir, config, make_backend(config.run.backend, config, replies),
-                        train_hook=_train_hook(config))
+            gpu_server = _gpu_profile(config, gpu_flag, resume_dir)
+            model = _backend(config.run.backend, config, replies, base_url)
+            loop = Loop(resume_dir, config, model, train_hook=_train_hook(config, model))
         else:
             config = RunConfig.load(config_file, backend=backend, max_iterations=max_iterations)
             run_dir = run_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+            gpu_server = _gpu_profile(config, gpu_flag, run_dir)
             if workspace and task_id:
                 raise click.UsageError("give --workspace or --task, not both")
             if workspace:
@@ -266,12 +355,116 @@ def run_cmd(config_file, workspace, task_id, backend, replies, max_iterations, r
                 task = humaneval_task(tid, run_dir.parent / (run_dir.name + ".task"))
             else:
                 task = seed_task()
-            loop = Loop(run_dir, config, make_backend(config.run.backend, config, replies), task=task,
-                        train_hook=_train_hook(config))
+            model = _backend(config.run.backend, config, replies, base_url)
+            loop = Loop(run_dir, config, model, task=task, train_hook=_train_hook(config, model))
+        if workspace or resume_dir:
+            loop.limits.image = _workspace_image(loop.ws.path, loop.limits.image)
         state = loop.run()
-    except (BackendError, InfraError, RunError, ProtectedFileChanged) as exc:
+    except (BackendError, AdapterRefused, InfraError, RunError, ProtectedFileChanged) as exc:
         _fail_infra(str(exc))
+    finally:
+        if model is not None:
+            model.close()  # a managed vLLM server stops here (Ctrl-C included)
+        if gpu_server is not None:
+            gpu_server.stop()  # the GPU profile's vLLM container
     sys.exit(0 if state.stop_reason else 1)
+
+
+def _workspace_image(path: Path, base: str) -> str:
+    """The derived sandbox image when the workspace declares test dependencies or a src layout."""
+    from .project_image import ProjectImageError, image_for_workspace
+    from .sandbox import InfraError, connect
+
+    try:
+        tag = image_for_workspace(connect(), path, base=base)
+    except ProjectImageError as exc:
+        raise InfraError(str(exc)) from exc
+    if tag != base:
+        click.echo(f"rsi: sandbox image for this workspace: {tag}", err=True)
+    return tag
+
+
+def _run_rounds(config_file, backend, replies, base_url, run_dir, resume_dir, suite, task_list, overrides) -> None:
+    """rsi run --suite/--tasks: self-improvement rounds (orchestrator/rounds.py)."""
+    from .adapters import AdapterRefused
+    from .backends import BackendError
+    from .config import RunConfig
+    from .rounds import RoundsError, RunInfo, Rounds, Trainer, resolve_suite
+    from .sandbox import InfraError
+    from .suites import SuiteError
+
+    model = None
+    try:
+        if resume_dir:
+            config = RunConfig(**RunInfo.model_validate_json((resume_dir / "run.json").read_text()).config)
+        else:
+            config = RunConfig.load(config_file, backend=backend)
+        for key, value in overrides.items():
+            if value is not None:
+                setattr(config.rounds, key, value)
+        if backend:
+            config.run.backend = backend
+        model = _backend(config.run.backend, config, replies, base_url)
+        trainer = None
+        if config.rounds.train and "adapters" in model.capabilities:
+            from .embedded_model import ensure_converted
+
+            trainer = Trainer(model_dir=getattr(model, "model_dir", None) or ensure_converted(),
+                              max_steps=config.rounds.train_steps)
+        elif config.rounds.train:
+            click.echo(f"rsi: training is off: the {model.name} backend cannot load adapters", err=True)
+        if resume_dir:
+            driver = Rounds(resume_dir, config, model, trainer=trainer)
+        else:
+            chosen = resolve_suite(suite, task_list, config.rounds.seed)
+            driver = Rounds(run_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S"), config, model, chosen,
+                            trainer=trainer)
+        state = driver.run()
+    except (BackendError, AdapterRefused, InfraError, RoundsError, SuiteError) as exc:
+        _fail_infra(str(exc))
+    finally:
+        if model is not None:
+            model.close()
+    sys.exit(0 if state.stop_reason else 1)
+
+
+@main.command("serve")
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None,
+              help="Base model directory (default: [engine] model, else the embedded SmolLM2).")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def serve_cmd(port: int, host: str, model_dir: Path | None, config_file: Path | None) -> None:
+    """Serve the base model with vLLM (LoRA hot-loading on) until Ctrl-C; runs and evals reach it
+    with --backend vllm --base-url http://HOST:PORT/v1."""
+    from .config import RunConfig
+    from .engine import Engine, EngineError, EngineSpec, log_tail
+
+    _sigterm_as_interrupt()
+    e = RunConfig.load(config_file).engine
+    model_dir = model_dir or (Path(e.model) if e.model else None)
+    try:
+        if model_dir is None:
+            from .embedded_model import ensure_converted
+
+            model_dir = ensure_converted()
+        engine = Engine(EngineSpec(model_dir, served_name=e.served_model, host=host, port=port,
+                                   max_model_len=e.max_model_len, max_lora_rank=e.max_lora_rank,
+                                   kv_cache_gib=e.kv_cache_gib, startup_timeout_s=e.startup_timeout_s,
+                                   extra_args=list(e.extra_args)))
+        engine.start(lambda line: click.echo(line, err=True))
+    except (EngineError, FileNotFoundError, ImportError) as exc:
+        _fail_infra(str(exc))
+    click.echo(f"serving {model_dir.name} as {e.served_model!r} at {engine.base_url} (Ctrl-C stops it)", err=True)
+    try:
+        while engine.running:
+            time.sleep(1)
+        _fail_infra(f"vLLM exited: {log_tail(engine.log_path)}")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        engine.stop()
+    click.echo("vLLM stopped", err=True)
 
 
 @main.command("train")
@@ -381,8 +574,10 @@ def adapters_rollback(run_dir: Path) -> None:
               help="humaneval, or lm-eval:TASK (lm-evaluation-harness, e.g. lm-eval:gsm8k_cot_llama, lm-eval:gsm_plus).")
 @click.option("--split", default="heldout", type=click.Choice(["train", "heldout", "all"]), show_default=True)
 @click.option("--tasks", "only", default=None, help="Comma-separated HumanEval ids or numbers.")
-@click.option("--backend", default="local", type=click.Choice(["local", "openai", "replay"]), show_default=True)
+@click.option("--backend", default="auto", type=click.Choice(BACKENDS), show_default=True,
+              help="auto: vllm where installed, else local.")
 @click.option("--replies", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--base-url", default=None, help=BASE_URL_HELP)
 @click.option("--adapter", default=None, help="Adapter id from --run-dir's registry, or 'none' for the base model.")
 @click.option("--baseline", default=None,
               help="Also evaluate this adapter id (or 'none': the base model) on the same problems and report "
@@ -401,7 +596,7 @@ def adapters_rollback(run_dir: Path) -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Directory for per-problem results (default: runs/eval-<time>).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
-def eval_cmd(suite, split, only, backend, replies, adapter, baseline, run_dir, n, k, seeds, data, limit,
+def eval_cmd(suite, split, only, backend, replies, base_url, adapter, baseline, run_dir, n, k, seeds, data, limit,
              max_gen_toks, num_fewshot, chat_template, out, as_json) -> None:
     """pass@k on HumanEval problems graded by their hidden tests in the sandbox, or an lm-eval task."""
     out = out or Path("runs") / f"eval-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -414,7 +609,7 @@ def eval_cmd(suite, split, only, backend, replies, adapter, baseline, run_dir, n
         summary = _lm_eval(suite.split(":", 1)[1], adapter, run_dir, data, limit, max_gen_toks,
                            num_fewshot, chat_template, out)
     elif suite == "humaneval":
-        summary = _humaneval(split, only, backend, replies, adapter, baseline, run_dir, n, k, seeds, out)
+        summary = _humaneval(split, only, backend, replies, base_url, adapter, baseline, run_dir, n, k, seeds, out)
     else:
         raise click.UsageError(f"unknown suite {suite!r}: humaneval or lm-eval:TASK")
     line = summary.pop("_line")
@@ -433,8 +628,9 @@ def _adapter_dir(run_dir, adapter):
     return path
 
 
-def _humaneval(split, only, backend, replies, adapter, baseline, run_dir, n, k, seeds, out) -> dict:
-    from .backends import BackendError, make_backend
+def _humaneval(split, only, backend, replies, base_url, adapter, baseline, run_dir, n, k, seeds, out) -> dict:
+    from .adapters import AdapterRefused
+    from .backends import BackendError
     from .config import RunConfig
     from .gate import compare
     from .humaneval_eval import evaluate, summarize, task_ids
@@ -452,8 +648,9 @@ def _humaneval(split, only, backend, replies, adapter, baseline, run_dir, n, k, 
     def echo(r):
         click.echo(f"{r.task_id}: {r.correct}/{r.n} {r.verdicts}", err=True)
 
+    model = None
     try:
-        model = make_backend(backend, RunConfig.load(), replies)
+        model = _backend(backend, RunConfig.load(), replies, base_url)
         if adapter not in (None, "none"):
             model.load_adapter(_adapter_dir(run_dir, adapter), adapter)
         runs, first = [], None
@@ -468,10 +665,13 @@ def _humaneval(split, only, backend, replies, adapter, baseline, run_dir, n, k, 
             base_results = evaluate(model, ids, on_problem=echo)
             (out / "problems-baseline.jsonl").write_text("".join(r.model_dump_json() + "\n" for r in base_results))
             comparison = compare(base_results, first)
-    except (BackendError, InfraError) as exc:
+    except (BackendError, AdapterRefused, InfraError) as exc:
         _fail_infra(str(exc))
+    finally:
+        if model is not None:
+            model.close()
     summary = dict(runs[0])
-    summary.update(suite="humaneval", split=split, backend=backend, model=model.model_id,
+    summary.update(suite="humaneval", split=split, backend=model.name, model=model.model_id,
                    adapter=None if adapter in (None, "none") else adapter)
     if seeds > 1:
         scores = [r[f"pass@{k}"] for r in runs]
@@ -546,8 +746,14 @@ def contamination_cmd(run_dir: Path, ngram: int) -> None:
 def report_cmd(run_dir: Path) -> None:
     """Write RUN_DIR/report.md and PNG plots (reward per iteration, training loss, adapter gate)."""
     from .report import write_report
+    from .rounds import is_rounds_dir
     from .state import state_path
 
+    if is_rounds_dir(run_dir):  # a rounds run (rsi run --suite/--tasks)
+        from .rounds_report import write_rounds_report
+
+        click.echo(f"report: {write_rounds_report(run_dir)}")
+        return
     if not state_path(run_dir).exists():
         _fail_infra(f"{run_dir} has no state.json")
     click.echo(f"report: {write_report(run_dir)}")
@@ -559,8 +765,22 @@ def report_cmd(run_dir: Path) -> None:
 def status_cmd(run_dir: Path, as_json: bool) -> None:
     """Summarise a run: progress, rewards, samples, stop reason."""
     from .audit import verify
+    from .rounds import STATE_FILE, RoundsState, is_rounds_dir
     from .state import AgentState, state_path
 
+    if is_rounds_dir(run_dir):  # a rounds run: one line per round
+        r = RoundsState.model_validate_json((run_dir / STATE_FILE).read_text())
+        if as_json:
+            click.echo(r.model_dump_json())
+            return
+        click.echo(f"rounds run {r.run_id}  suite {r.suite}  backend {r.backend} ({r.model_id})  adapter "
+                   f"{r.current_adapter or 'base'}; samples {r.samples}; generated {r.generated}")
+        click.echo(f"stop reason: {r.stop_reason or '(running or interrupted; resume with rsi run --resume)'}")
+        for rec in r.rounds:
+            click.echo(f"  round {rec.round}: {len(rec.done)}/{len(rec.task_ids)} tasks, {rec.verified}/"
+                       f"{rec.candidates} verified, {rec.samples_added} new samples, step {rec.step}"
+                       + (f", adapter {rec.burst.adapter}: {rec.burst.reason}" if rec.burst else ""))
+        return
     if not state_path(run_dir).exists():
         _fail_infra(f"{run_dir} has no state.json")
     s = AgentState.load(state_path(run_dir))

@@ -25,12 +25,26 @@ class RunSection(BaseModel):
     sandbox_timeout_s: float = Field(60, gt=0)
 
 
+ReplyFormatName = Literal["json", "code"]
+
+
 class ModelSection(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    embedded: str = "smollm2-135m"  # the embedded model (embedded_model.MODELS; $RSI_EMBEDDED_MODEL overrides)
+    reply_format: Literal["auto", "json", "code"] = "auto"  # auto: the model's entry in reply_formats
+    reply_formats: dict[str, ReplyFormatName] = Field(default_factory=dict)  # model id -> measured format
     max_new_tokens: int = Field(1024, ge=16)
     openai_base_url: str = "http://127.0.0.1:8080/v1"
     openai_model: str = "default"
     openai_api_key_env: str = "OPENAI_API_KEY"
+
+
+    def format_for(self, model_id: str) -> str:
+        """The reply format a model is asked in: ``reply_format`` unless ``auto``, else the model's
+        measured default (``reply_formats``, keyed by the model id's last path component), else json."""
+        if self.reply_format != "auto":
+            return self.reply_format
+        return self.reply_formats.get(model_id.rsplit("/", 1)[-1], "json")
 
 
 class EngineSection(BaseModel):

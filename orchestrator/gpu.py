@@ -428,3 +428,24 @@ def activate(config, flag: bool | None, adapters_dir: Path, connect=None, say=pr
                               "does not exist (run `make vllm-gpu`, or set [gpu] vllm_python)")
     os.environ["RSI_VLLM_PYTHON"] = str(python)  # the managed engine's interpreter (orchestrator/engine.py)
     return None
+
+
+def gpt_oss_reply(message: dict) -> str:
+    """A served gpt-oss chat message -> the reply: the final channel only. No final channel (the token
+    budget ran out while reasoning) is an empty reply, which the protocol refuses and feeds back; the
+    analysis is never used."""
+    from .harmony import HarmonyError, reply_from_chat_message
+
+    try:
+        return reply_from_chat_message(message)
+    except HarmonyError:
+        return ""
+
+
+def configure_backend(backend, section: GpuSection, model: str | Path) -> None:
+    """The vllm backend's request options and reply parsing for the served model (gpt-oss: harmony)."""
+    if is_gpt_oss(model):
+        backend.request_options = request_options(section, model)
+        backend.reply_of = gpt_oss_reply
+    if section.memory == "sleep":  # training.burst wraps the trainer in this
+        backend.training_memory = lambda: server_asleep(backend.root_url, section)

@@ -50,7 +50,7 @@ class PatchRules(BaseModel):
 class TestRules(BaseModel):
     model_config = ConfigDict(extra="forbid")
     __test__ = False
-    pattern: str = "test_gen_*.py"
+    pattern: str  # from policies/default.toml, the one source of generated tests' names
     deny_dirs: list[str] = Field(default_factory=list)
 
 
@@ -77,7 +77,7 @@ class Policy(BaseModel):
     model_config = ConfigDict(extra="forbid")
     limits: Limits = Limits()
     patch: PatchRules = PatchRules()
-    tests: TestRules = TestRules()
+    tests: TestRules
     shadow: ShadowRules = ShadowRules()
     screen: ScreenRules = ScreenRules()
     protected: list[str] = Field(default_factory=list)  # set per run: the task's tests and config
@@ -86,6 +86,12 @@ class Policy(BaseModel):
     def load(cls, path: Path | None = None) -> "Policy":
         path = Path(path or POLICIES_DIR / "default.toml")
         return cls(**tomllib.loads(path.read_text()))
+
+
+def generated_test_prefix(policy: "Policy | None" = None) -> str:
+    """The fixed part of generated test names (``test_gen_``), from the policy's pattern: the
+    decoder, the prompts and the reply formats derive it from here."""
+    return (policy or Policy.load()).tests.pattern.split("*", 1)[0]
 
 
 class Decision(BaseModel):

@@ -1,8 +1,15 @@
-"""The messages the model sees in each phase. Hidden tests never appear here."""
+"""The messages the model sees in each phase, per reply format. Hidden tests never appear here.
+
+Every backend gets the same messages for the same request; the format of the request
+(reply_format.ReplyFormat: ``json``, or ``code`` with the file it writes) picks the system line,
+the reply instructions and the retry wording.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+from .reply_format import JSON, ReplyFormat
 
 MAX_FILE_CHARS = 6000
 MAX_OUTPUT_CHARS = 1500
@@ -11,16 +18,24 @@ SYSTEM = (
     "You are a careful Python engineer working on a small repository. "
     "Reply with exactly one JSON object and nothing else."
 )
+SYSTEM_CODE = (
+    "You are a careful Python engineer working on a small repository. "
+    "Reply with the whole new file in one ```python code block."
+)
 PATCH_FORMAT = (
     'Reply format: {"rationale": "<one sentence>", "edits": [{"path": "<file>.py", "content": "<the whole new '
     'file>"}]}. You may only write non-test Python source files; test files, conftest.py and configuration '
     "are off limits."
 )
-TESTS_FORMAT = (
-    'Reply format: {"rationale": "<one sentence>", "tests": [{"path": "test_gen_<name>.py", "content": "<a pytest '
-    'file>"}]}. Write NEW test files named test_gen_*.py with edge-case tests that pass on the current code and '
-    "would fail if the code were subtly wrong. Import the code under test by module name."
-)
+def tests_format() -> str:
+    """The tests phase's reply format; the file-name pattern is the policy's."""
+    from .policy import Policy
+
+    pattern = Policy.load().tests.pattern
+    return ('Reply format: {"rationale": "<one sentence>", "tests": [{"path": "'
+            + pattern.replace("*", "<name>") + '", "content": "<a pytest file>"}]}. Write NEW test files named '
+            + pattern + " with edge-case tests that pass on the current code and would fail if the code were "
+            "subtly wrong. Import the code under test by module name.")
 
 
 def _files_block(root: Path, files: list[str]) -> str:
@@ -44,24 +59,41 @@ def _result_block(result) -> str:
     return "\n".join(lines[:8])
 
 
-def patch_messages(root: Path, sources: list[str], tests: list[str], last_result) -> list[dict]:
+def _system(fmt: ReplyFormat) -> dict:
+    return {"role": "system", "content": SYSTEM_CODE if fmt.name == "code" else SYSTEM}
+
+
+def patch_messages(root: Path, sources: list[str], tests: list[str], last_result,
+                   fmt: ReplyFormat = JSON) -> list[dict]:
     example = sources[0] if sources else "module.py"
-    user = (f"{_files_block(root, sources)}\n\nTests (read-only):\n{_files_block(root, tests)}\n\n"
-            f"{_result_block(last_result)}\n\nFix the source so that all tests pass.\n{PATCH_FORMAT}\n"
-            f'Example of the shape: {{"rationale": "square must multiply", "edits": [{{"path": "{example}", '
-            f'"content": "def square(x):\\n    return x * x\\n"}}]}}')
-    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
+    context = (f"{_files_block(root, sources)}\n\nTests (read-only):\n{_files_block(root, tests)}\n\n"
+               f"{_result_block(last_result)}\n\nFix the source so that all tests pass.\n")
+    if fmt.name == "code":
+        user = context + (f"Reply with the whole new content of {fmt.path} in one ```python code block. "
+                          "Test files and configuration are off limits.")
+    else:
+        user = context + (f"{PATCH_FORMAT}\n"
+                          f'Example of the shape: {{"rationale": "square must multiply", "edits": [{{"path": '
+                          f'"{example}", "content": "def square(x):\\n    return x * x\\n"}}]}}')
+    return [_system(fmt), {"role": "user", "content": user}]
 
 
-def tests_messages(root: Path, sources: list[str], tests: list[str]) -> list[dict]:
-    user = (f"{_files_block(root, sources)}\n\nExisting tests:\n{_files_block(root, tests)}\n\n"
-            f"Add new edge-case tests.\n{TESTS_FORMAT}")
-    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
+def tests_messages(root: Path, sources: list[str], tests: list[str], fmt: ReplyFormat = JSON) -> list[dict]:
+    context = (f"{_files_block(root, sources)}\n\nExisting tests:\n{_files_block(root, tests)}\n\n"
+               "Add new edge-case tests.\n")
+    if fmt.name == "code":
+        user = context + (f"Reply with one new pytest file, {fmt.path}, in one ```python code block: edge-case "
+                          "tests that pass on the current code and would fail if the code were subtly wrong. "
+                          "Import the code under test by module name.")
+    else:
+        user = context + tests_format()
+    return [_system(fmt), {"role": "user", "content": user}]
 
 
-def retry_messages(messages: list[dict], reply: str, feedback: str) -> list[dict]:
+def retry_messages(messages: list[dict], reply: str, feedback: str, fmt: ReplyFormat = JSON) -> list[dict]:
+    again = ("Reply again with the whole corrected file in one ```python code block." if fmt.name == "code"
+             else "Reply again with one corrected JSON object.")
     return messages + [
         {"role": "assistant", "content": reply[:4000]},
-        {"role": "user", "content": f"Your reply was rejected:\n{feedback}\nReply again with one corrected JSON "
-                                    "object."},
+        {"role": "user", "content": f"Your reply was rejected:\n{feedback}\n{again}"},
     ]

@@ -1,4 +1,8 @@
-"""One model reply through the protocol: schema -> policy -> workspace commit -> audit line."""
+"""One model reply through the protocol: format -> schema -> policy -> workspace commit -> audit line.
+
+A reply in the ``code`` format (reply_format.py) is first turned into the protocol's JSON reply
+for the path the request fixed; from there every reply takes the same path.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,8 @@ from pydantic import BaseModel
 
 from .audit import AuditLog
 from .policy import Decision, Policy, check_reply
-from .schema import Phase
+from .reply_format import JSON, ReplyFormat, code_reply_to_json
+from .schema import Phase, ReplyError
 from .workspace import Workspace
 
 
@@ -27,11 +32,23 @@ def reply_digest(raw: str | bytes) -> str:
     return hashlib.sha256(_bytes(raw)).hexdigest()
 
 
+def check(text: str | bytes, phase: Phase, workspace, policy: Policy, fmt: ReplyFormat = JSON) -> Decision:
+    """The policy's decision on a reply in format ``fmt``; never writes, never raises on bad input."""
+    if fmt.name == "code":
+        try:
+            text = code_reply_to_json(text, fmt.path, phase, policy.limits.max_reply_bytes,
+                                      policy.limits.max_file_bytes)
+        except ReplyError as exc:
+            return Decision(accepted=False, phase=phase, reasons=exc.rejections)
+    return check_reply(text, phase, workspace, policy)
+
+
 def apply_reply(ws: Workspace, audit: AuditLog | None, text: str | bytes, phase: Phase, policy: Policy,
-                iteration: int = 0, attempt: int = 0, write: bool = True) -> Applied:
-    """Validate ``text``; when accepted and ``write``, commit it. Always logs one audit event."""
+                iteration: int = 0, attempt: int = 0, write: bool = True, fmt: ReplyFormat = JSON) -> Applied:
+    """Validate ``text`` (a reply in format ``fmt``); when accepted and ``write``, commit it. Always
+    logs one audit event, with the digest of the reply as the model wrote it."""
     digest = reply_digest(text)
-    decision = check_reply(text, phase, ws.path, policy)
+    decision = check(text, phase, ws.path, policy, fmt)
     diffs = ws.diff(decision.edits) if decision.accepted else {}
     commit = None
     if decision.accepted and write:
@@ -39,7 +56,7 @@ def apply_reply(ws: Workspace, audit: AuditLog | None, text: str | bytes, phase:
     if audit is not None:
         audit.append(
             "model_reply", iteration=iteration, phase=phase, attempt=attempt, reply_sha256=digest,
-            reply_bytes=len(_bytes(text)),
+            reply_bytes=len(_bytes(text)), reply_format=fmt.name,
             extraction="ok" if not any(r.stage == "extract" for r in decision.reasons) else "failed",
             validation="ok" if not any(r.stage in ("extract", "schema") for r in decision.reasons) else "failed",
             policy="accepted" if decision.accepted else "rejected",

@@ -44,7 +44,7 @@ from .archive import Archive
 from .audit import AuditLog
 from .backends import Backend, ReplayExhausted
 from .config import RunConfig
-from .evaluation import Attempt
+from .evaluation import Attempt, run_judged, verified
 from .mutation import mutants
 from .policy import Policy
 from .protocol import apply_reply, reply_digest
@@ -153,14 +153,10 @@ class RoundsState(BaseModel):
 
 # ----- helpers -----
 
-def is_verified(attempt: Attempt, hidden_files: list[str]) -> bool:
-    """The archive decision, in one place: the run was graded (a scoring verdict), every scored test
-    (visible and hidden) passed, and every hidden test file passed. What "passed" means (in-process
-    tests, the judged hidden phase) is orchestrator.evaluation's to say."""
-    if attempt.result is None:
-        return False
-    passed, total = attempt.reward()
-    return total > 0 and passed == total and all(attempt.passed(f) for f in hidden_files)
+def is_verified(attempt: Attempt) -> bool:
+    """The archive decision: every in-process and every judged test passed. The rule itself is
+    orchestrator.evaluation's (``verified``), the one place that says what passing is."""
+    return attempt.result is not None and verified(attempt.result)
 
 
 # Policy refusals that are attacks on the grader rather than malformed replies.
@@ -180,6 +176,9 @@ def hack_screen_counts(decision, result: SandboxResult | None) -> dict[str, int]
     if result is not None:
         if result.verdict not in ("pass", "fail"):
             out[f"verdict:{result.verdict}"] = 1
+        judged = getattr(result, "judged", None)
+        if judged is not None and judged.verdict not in ("pass", "fail"):
+            out[f"judged:{judged.verdict}"] = 1
         screens = getattr(result, "hack_screen", None)  # the lead's counters, when SandboxResult has them
         if isinstance(screens, dict):
             for k, v in screens.items():
@@ -322,13 +321,13 @@ class Rounds:
                 pending += runs
             t0 = time.perf_counter()
             with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-                results = list(pool.map(lambda p: run_tests(p[2].path, limits=self.limits,
-                                                            overlay=p[3].hidden_tests), pending))
+                results = list(pool.map(lambda p: run_judged(p[2].path, sorted(p[7]), p[3].hidden_tests, self.limits,
+                                                             p[3].judge_visible), pending))
             per_task = (time.perf_counter() - t0) / max(1, len(chunk))
             for (out, cand, ws, task, messages, reply, decision, scored), result in zip(pending, results):
                 attempt = Attempt(decision, result, scored)
                 cand.verdict, (cand.passed, cand.total) = result.verdict, attempt.reward()
-                cand.verified = is_verified(attempt, sorted(task.hidden_tests))
+                cand.verified = is_verified(attempt)
                 _add(out.hack_screen, hack_screen_counts(decision, result))
                 if cand.verified:
                     st = self.tasks[task.id]
@@ -361,7 +360,7 @@ class Rounds:
         protected = protected_files(base.path)
         policy = self.policy.model_copy(deep=True)
         policy.protected = protected
-        scored = set(protected) | set(task.hidden_tests)
+        scored = set(protected)  # the protected files (the judge runs their tests and the hidden ones)
         messages = prompts.patch_messages(base.path, _sources(base.path, protected), protected, None)
         seed = _seed(self.rc.seed, rnd, st.id)
         t0 = time.perf_counter()
@@ -624,16 +623,16 @@ def evaluate_tasks(backend: Backend, tasks: list[SuiteTask], limits: SandboxLimi
             messages = prompts.patch_messages(ws.path, _sources(ws.path, p.protected), p.protected, None)
             reply = backend.generate(messages, "patch", st.id)
             applied = apply_reply(ws, None, reply, "patch", p)
-            pending.append((st, task, ws, applied, set(p.protected) | set(task.hidden_tests)))
+            pending.append((st, task, ws, applied, set(p.protected)))
         runnable = [x for x in pending if x[3].decision.accepted]
         with ThreadPoolExecutor(max_workers=concurrency or default_concurrency()) as pool:
             ran = dict(zip([x[0].id for x in runnable],
-                           pool.map(lambda x: run_tests(x[2].path, limits=limits, overlay=x[1].hidden_tests),
-                                    runnable)))
+                           pool.map(lambda x: run_judged(x[2].path, sorted(x[4]), x[1].hidden_tests, limits,
+                                                         x[1].judge_visible), runnable)))
         for st, task, ws, applied, scored in pending:
             result = ran.get(st.id)
             attempt = Attempt(applied.decision, result, scored)
-            ok = is_verified(attempt, sorted(task.hidden_tests))
+            ok = is_verified(attempt)
             reasons = [] if result else [str(applied.decision.reasons[0])[:200] if applied.decision.reasons else ""]
             r = ProblemResult(task_id=st.id, n=1, correct=int(ok), verdicts=[result.verdict if result else "rejected"],
                               rejected=0 if result else 1, reasons=reasons)

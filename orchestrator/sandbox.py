@@ -32,7 +32,7 @@ from pathlib import Path
 import docker
 import requests
 import structlog
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .policy import POLICIES_DIR
 from .sandbox_runner.codec import CodecError
@@ -58,6 +58,9 @@ class InfraError(RuntimeError):
     """The sandbox could not run at all (no daemon, no image): not a verdict on the code."""
 
 
+_UIDGID = r"^[1-9][0-9]{0,9}:[1-9][0-9]{0,9}$"
+
+
 class SandboxLimits(BaseModel):
     """Every limit of a sandboxed run; defaults in policies/sandbox.toml."""
 
@@ -69,8 +72,8 @@ class SandboxLimits(BaseModel):
     cpus: float = Field(1.0, gt=0)
     pids: int = Field(128, ge=8)
     tmpfs_size: str = "64m"
-    user: str = "10001:10001"
-    judge_user: str = "10002:10002"
+    user: str = Field("10001:10001", pattern=_UIDGID)
+    judge_user: str = Field("10002:10002", pattern=_UIDGID)
     call_timeout_s: float = Field(10, gt=0)
     shm_size: str = "1m"
     nofile: int = Field(1024, ge=64)
@@ -79,6 +82,12 @@ class SandboxLimits(BaseModel):
     max_report_bytes: int = Field(48 * 1024 * 1024, ge=1024)
     max_workspace_bytes: int = Field(256 * 1024 * 1024, ge=1024)
     runtime: str = ""
+
+    @model_validator(mode="after")
+    def _distinct_users(self) -> "SandboxLimits":
+        if self.user.split(":")[0] == self.judge_user.split(":")[0]:
+            raise ValueError("user and judge_user must be different UIDs (the judge is kept apart by its UID)")
+        return self
 
     @classmethod
     def load(cls, path: Path | None = None, **overrides) -> "SandboxLimits":
@@ -397,6 +406,24 @@ def _create(client, limits: SandboxLimits, stage: str, nonce: str, timeout_s: fl
 
 
 _swept = False
+_runtimes_seen: set[str] = set()
+
+
+def check_runtime(client, runtime: str) -> None:
+    """A configured OCI runtime the engine does not know is one clear line, not an API error."""
+    if runtime in _runtimes_seen:
+        return
+    try:
+        known = set((client.info().get("Runtimes") or {}).keys())
+    except docker.errors.APIError as exc:
+        raise InfraError(f"cannot ask the Docker engine for its runtimes: {exc}") from exc
+    if runtime not in known:
+        raise InfraError(
+            f"the sandbox runtime {runtime!r} is not registered with the Docker engine (it has: "
+            f"{', '.join(sorted(known)) or 'none'}); for gVisor: apt-get install runsc, add "
+            '{"runtimes": {"runsc": {"path": "/usr/bin/runsc", "runtimeArgs": ["--network=none", '
+            '"--platform=ptrace"]}}} to /etc/docker/daemon.json and reload dockerd (kill -HUP)')
+    _runtimes_seen.add(runtime)
 
 
 def run_tests(workspace: Path | str, limits: SandboxLimits | None = None, timeout_s: float | None = None,
@@ -419,6 +446,8 @@ def run_tests(workspace: Path | str, limits: SandboxLimits | None = None, timeou
     if not _swept:
         sweep_leftovers(client)
         _swept = True
+    if limits.runtime:
+        check_runtime(client, limits.runtime)
 
     nonce = secrets.token_hex(32)
     started = time.monotonic()

@@ -44,10 +44,10 @@ from pydantic import BaseModel
 
 from .mutation import mutants
 from .tasks import (SEED_DIR, Task, humaneval_number, humaneval_problems, humaneval_split, humaneval_task,
-                    protected_files)
+                    protected_files, seed_task)
 from .workspace import atomic_write
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 BUGS_PER_PROBLEM = 3      # killed mutants kept per source problem
 MUTANTS_TRIED = 60        # candidate mutants looked at per problem (a fixed order, then a seeded shuffle)
 HIDDEN_FRACTION = 0.5     # share of a check's assert statements that go to the hidden test
@@ -82,19 +82,21 @@ class SuiteTask(BaseModel):
     entry_point: str | None = None
     mutation: str | None = None   # the injected bug (bugfix tasks)
     path: str | None = None       # dir tasks: the workspace on disk
+    judge_visible: bool = True    # the judge also runs the visible tests (plain-data calls only)
 
     def task(self, root: Path) -> Task:
         """The loop's Task: the workspace written under ``root`` (unchanged files are not rewritten)."""
         if self.kind == "dir":
             return Task(id=self.id, source_dir=Path(self.path), hidden_tests=self.hidden_tests,
-                        entry_point=self.entry_point)
+                        entry_point=self.entry_point, judge_visible=self.judge_visible)
         src = Path(root) / _safe(self.id)
         for name, text in self.files.items():
             p = src / name
             if not p.exists() or p.read_text() != text:
                 p.parent.mkdir(parents=True, exist_ok=True)
                 atomic_write(p, text.encode())
-        return Task(id=self.id, source_dir=src, hidden_tests=self.hidden_tests, entry_point=self.entry_point)
+        return Task(id=self.id, source_dir=src, hidden_tests=self.hidden_tests, entry_point=self.entry_point,
+                    judge_visible=self.judge_visible)
 
 
 class Suite(BaseModel):
@@ -133,7 +135,8 @@ def _humaneval_suite(split: str) -> list[SuiteTask]:
             task = humaneval_task(tid, Path(tmp))
             files = {p.name: p.read_text() for p in sorted(task.source_dir.iterdir()) if p.is_file()}
             out.append(SuiteTask(id=tid, kind="humaneval", source=tid, split=split, files=files,
-                                 hidden_tests=task.hidden_tests, entry_point=task.entry_point))
+                                 hidden_tests=task.hidden_tests, entry_point=task.entry_point,
+                                 judge_visible=task.judge_visible))
     return out
 
 
@@ -267,10 +270,10 @@ def _bugfix_from_humaneval(tid: str, p: dict, seed: int) -> list[SuiteTask]:
         return []  # the split check does not pass on the canonical solution: nothing trustworthy
     killed = [m for m, s in zip(pool, statuses[2:]) if s.startswith("fail:")]
     n = humaneval_number(tid)
-    visible = ("from example import *  # noqa: F403  (visible tests run in-process: helpers may come from "
-               "the module)\n" f"from example import {entry}\n\n" + visible_check +
+    helpers = _prompt_helpers(p["prompt"], entry)  # from the task definition, never from the candidate
+    visible = (helpers + f"from example import {entry}\n\n" + visible_check +
                f"\n\ndef test_{entry}():\n    check({entry})\n")
-    hidden = (_prompt_helpers(p["prompt"], entry) + f"from example import {entry}\n\n" + hidden_check +
+    hidden = (helpers + f"from example import {entry}\n\n" + hidden_check +
               f"\n\ndef test_hidden_bugfix_{n}():\n    check({entry})\n")
     out = []
     for i, m in enumerate(killed[:BUGS_PER_PROBLEM]):
@@ -354,7 +357,8 @@ def _build(name: str, seed: int) -> list[SuiteTask]:
     if name in ("humaneval-train", "humaneval-heldout"):
         return _humaneval_suite(name.split("-", 1)[1])
     if name == "seed":
-        return [SuiteTask(id="seed", kind="seed", source="seed", split="train",
+        t = seed_task()
+        return [SuiteTask(id="seed", kind="seed", source="seed", split="train", hidden_tests=t.hidden_tests,
                           files={p.name: p.read_text() for p in sorted(SEED_DIR.iterdir()) if p.is_file()})]
     if name in ("bugfix-train", "bugfix-heldout"):
         return _bugfix_suite(name.split("-", 1)[1], seed)

@@ -30,12 +30,12 @@ class Task(BaseModel):
     judge_visible: bool = True
 
 
-def protected_files(root: Path) -> list[str]:
+def protected_files(root: Path, policy=None) -> list[str]:
     """Tests and configuration at any depth (the model may never change them): the patch
     phase's deny globs and deny dirs of ``policies/default.toml``, the one source of the rule."""
     from .policy import Policy
 
-    rules = Policy.load().patch
+    rules = (policy or Policy.load()).patch
     out = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if not d.startswith(".") and d != "__pycache__"]

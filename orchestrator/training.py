@@ -9,6 +9,7 @@ training plateau); the experiment in bench/ calls it between rounds.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,9 +40,12 @@ def burst(run_dir: Path, samples: Path, n_samples: int, backend, audit, model_di
         return BurstResult(reason=reason)
     say(f"training on {n_samples} samples ...")
     staging = registry.staging_dir()
+    # the GPU profile's sleep mode frees the server's GPU memory during the burst (orchestrator/gpu.py)
+    training_memory = getattr(backend, "training_memory", None) or contextlib.nullcontext
     try:
-        metrics = run_training(samples, staging, config, model_dir, gpu=gpu,
-                               on_log=lambda lines: audit.append("trainer_log", lines=lines[-60:]))
+        with training_memory():
+            metrics = run_training(samples, staging, config, model_dir, gpu=gpu,
+                                   on_log=lambda lines: audit.append("trainer_log", lines=lines[-60:]))
     except TrainerInputError as exc:
         audit.append("training_refused", iteration=iteration, reason=str(exc))
         return BurstResult(reason=str(exc))

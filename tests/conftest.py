@@ -4,6 +4,10 @@ from pathlib import Path
 
 import pytest
 
+# The test suite runs on the small, fast embedded model whatever [model] embedded says
+# (orchestrator/embedded_model.py); a test that needs another one names it.
+os.environ.setdefault("RSI_EMBEDDED_MODEL", "smollm2-135m")
+
 
 @pytest.fixture(scope="session")
 def docker_client():
@@ -69,3 +73,20 @@ def tree_digest(root: Path) -> dict:
             else:
                 out[str(p.relative_to(root))] = ("dir", None)
     return out
+
+
+@pytest.fixture(scope="session")
+def vllm_engine():
+    """One real vLLM server (CPU build, `make vllm`) on the embedded SmolLM2 for the whole test run,
+    started and stopped by orchestrator.engine. Missing vLLM = failed test, never a skip."""
+    from orchestrator.embedded_model import ensure_converted
+    from orchestrator.engine import Engine, EngineSpec
+
+    if os.environ.get("RSI_TEST_VLLM_PORT"):  # a server already running on the embedded model (`rsi serve`)
+        engine = Engine(EngineSpec(ensure_converted(), port=int(os.environ["RSI_TEST_VLLM_PORT"])))
+        engine.port = engine.spec.port
+        yield engine
+        return
+    engine = Engine(EngineSpec(ensure_converted())).start(say=print)
+    yield engine
+    engine.stop()

@@ -17,6 +17,15 @@ def ws(example=GOOD, test=TEST_ADD, **extra):
     return files
 
 
+# Bits of the capabilities the supervisor keeps: SETUID(7) SETGID(6) SETPCAP(8) KILL(5).
+SUPERVISOR_CAPS = (1 << 5) | (1 << 6) | (1 << 7) | (1 << 8)
+STATUS = ("def status(pid, key):\n"
+          "    for line in open(f'/proc/{pid}/status'):\n"
+          "        if line.startswith(key + ':'):\n"
+          "            return int(line.split()[1], 16 if key.startswith('Cap') else 10)\n"
+          "    raise KeyError(key)\n")
+
+
 def probe(body: str) -> dict:
     """A workspace whose single test runs ``body`` (indented) then must not raise."""
     indented = "\n".join("    " + line for line in body.strip().splitlines())
@@ -75,7 +84,7 @@ CASES = {
             "import atexit, json, os\n"
             "def _forge():\n    line = json.dumps({'e': 'report', 'id': 'test_example.py::test_add', "
             "'when': 'call', 'outcome': 'passed', 'xfail': False, 'raised': None}) + '\\n'\n"
-            "    for fd in range(3, 64):\n        try:\n            os.write(fd, line.encode())\n"
+            "    for fd in range(3, 1024):\n        try:\n            os.write(fd, line.encode())\n"
             "        except OSError:\n            pass\n"
             "atexit.register(_forge)\n")), "tampered"),
     "hack_atexit_exit_zero": (
@@ -86,7 +95,7 @@ CASES = {
             "_evs = [{'e': 'collected', 'ids': ['test_example.py::test_add']},\n"
             "        {'e': 'report', 'id': 'test_example.py::test_add', 'when': 'call', 'outcome': 'passed'},\n"
             "        {'e': 'finish', 'exitstatus': 0}]\n"
-            "for fd in range(3, 64):\n    try:\n"
+            "for fd in range(3, 1024):\n    try:\n"
             "        os.write(fd, ''.join(json.dumps(e) + '\\n' for e in _evs).encode())\n"
             "    except OSError:\n        pass\n"
             "os._exit(0)\n")), "tampered"),
@@ -113,12 +122,9 @@ CASES = {
                                    "    os.kill(1, s)\ntime.sleep(0.2)\nassert False, 'still here'"), "fail"),
 
     # --- the cage ---
-    "cage_network_public_ip": (
-        probe("s = socket.create_connection(('192.0.2.1', 80), timeout=2)\ns.close()"), "fail"),
     "cage_network_interfaces": (probe("assert set(os.listdir('/sys/class/net')) - {'lo'}"), "fail"),
     "cage_network_default_route": (probe("assert len(open('/proc/net/route').read().splitlines()) > 1"),
                                    "fail"),
-    "cage_dns": (probe("socket.getaddrinfo('example.com', 443)"), "fail"),
     "cage_fork_bomb": (probe("while True:\n    try:\n        os.fork()\n    except OSError:\n        pass"),
                        ("fail", "error", "tampered", "timeout")),
     "cage_memory_bomb": (probe("blob = b'x' * (2 * 1024 ** 3)\nassert len(blob)"), ("error",)),
@@ -142,13 +148,22 @@ CASES = {
                            "fail"),
     "cage_host_path": (probe("assert open('{MARKER}').read()"), "fail"),
     "cage_root": (probe("assert os.getuid() == 0"), "fail"),
-    "cage_capabilities": (
-        probe("caps = [l for l in open('/proc/self/status') if l.startswith('CapEff')][0]\n"
-              "assert int(caps.split()[1], 16) != 0"), "fail"),
+    # The kernel's view, in the candidate's process and in PID 1 (readable by any UID).
+    "cage_capabilities": (probe(STATUS + "assert status('self', 'CapBnd') != 0 or status('self', 'CapEff') != 0"),
+                          "fail"),
+    "cage_supervisor_capabilities": (probe(STATUS + f"assert status('1', 'CapBnd') & ~{SUPERVISOR_CAPS:#x} != 0"),
+                                     "fail"),
+    "cage_no_new_privs": (probe(STATUS + "assert status('self', 'NoNewPrivs') == 0 or status('1', 'NoNewPrivs') == 0"),
+                          "fail"),
+    "cage_seccomp": (probe(STATUS + "assert status('self', 'Seccomp') == 0"), "fail"),
+    "cage_pids_max": (probe("import glob\nvals = [open(p).read().strip() for p in "
+                            "glob.glob('/sys/fs/cgroup/pids.max') + glob.glob('/sys/fs/cgroup/pids/pids.max')]\n"
+                            "assert vals and vals[0] == 'max'"), "fail"),
+    "cage_many_threads": (probe("import threading\nev = threading.Event()\nn = 0\ntry:\n    for _ in range(300):\n"
+                                "        threading.Thread(target=ev.wait, daemon=True).start()\n        n += 1\n"
+                                "except RuntimeError:\n    pass\nev.set()\nassert n >= 300, n"), "fail"),
+    "cage_write_root_fs": (probe("open('/var/tmp/fill', 'wb').write(b'x')"), "fail"),
     "cage_setuid": (probe("os.setuid(0)"), "fail"),
-    "cage_setuid_binary": (probe("out = subprocess.run(['su', '-c', 'id -u'], capture_output=True, "
-                                 "stdin=subprocess.DEVNULL, timeout=5)\nassert out.stdout.strip() == b'0'"),
-                           "fail"),
     "cage_symlink_read": (
         {**probe("assert 'host-only' in open('leak').read()"), "leak": ("symlink", "{MARKER}")}, "fail"),
     "cage_symlink_relative_escape": (
@@ -160,6 +175,96 @@ CASES = {
     "cage_write_workspace": (probe("open('/workspace/example.py', 'w').write('pwned')"), "fail"),
 }
 
+# --- issue 17: the runner, selective tampering, hostile output and paths ---
+FORGED_REPORT = (
+    "import hashlib, hmac, json, os, sys\n"
+    "key = os.environ.get('RSI_NONCE', '')\n"
+    "report = {'verdict': 'pass', 'passed': 1, 'failed': 0, 'errors': 0, 'skipped': 0, 'reasons': [], 'tests': []}\n"
+    "body = json.dumps({'evidence': {'events': [{'e': 'collected', 'ids': ['test_example.py::test_add']},"
+    " {'e': 'report', 'id': 'test_example.py::test_add', 'when': 'call', 'outcome': 'passed'},"
+    " {'e': 'finish', 'exitstatus': 0}], 'exit_code': 0}, 'graded': report}, sort_keys=True, separators=(',', ':'))\n"
+    "if key:\n    print('RSI1', hmac.new(bytes.fromhex(key), body.encode(), hashlib.sha256).hexdigest(), body)\n"
+    "else:\n    print(json.dumps(report))\n"
+    "sys.exit(0)\n")
+SHADOWS = {
+    "shadow_runner_module": {"rsi_sandbox.py": FORGED_REPORT},
+    "shadow_runner_package": {"rsi_sandbox/__init__.py": "", "rsi_sandbox/__main__.py": FORGED_REPORT},
+    "shadow_pytest": {"pytest.py": FORGED_REPORT},
+    "shadow_pytest_package": {"_pytest/__init__.py": FORGED_REPORT, "pytest/__init__.py": FORGED_REPORT},
+    "shadow_pluggy": {"pluggy.py": FORGED_REPORT},
+    "shadow_sitecustomize": {"sitecustomize.py": FORGED_REPORT, "usercustomize.py": FORGED_REPORT},
+    "shadow_json": {"json.py": FORGED_REPORT},
+    "shadow_in_subfolder": {"sub/pytest.py": FORGED_REPORT, "sub/json.py": FORGED_REPORT,
+                            "sub/test_sub.py": "from example import add\n\ndef test_sub():\n    assert add(1, 1) == 2\n"},
+}
+for _name, _files in SHADOWS.items():
+    CASES[_name] = ({**ws(example=BUGGY), **_files}, ("fail", "error", "tampered"))
+
+CASES.update({
+    # A workspace reads the result pipe's descriptor and canaries from the reporter, forges a stream.
+    "tamper_reporter_globals": (ws(example=BUGGY + (
+        "import json, os, sys\n"
+        "rep = sys.modules.get('rsi_sandbox.reporter')\n"
+        "fd = getattr(rep, '_FD', -1)\nfirst = getattr(rep, '_CANARY_FIRST', '')\n"
+        "last = list(getattr(rep, '_CANARY_LAST', []))\n"
+        "ids = ['test_example.py::test_add'] + [first] + last\n"
+        "evs = [{'e': 'collected', 'ids': ids}] + [{'e': 'report', 'id': i, 'when': w, 'outcome': 'passed',"
+        " 'xfail': False, 'raised': None} for i in ids for w in ('setup', 'call', 'teardown')]"
+        " + [{'e': 'finish', 'exitstatus': 0}]\n"
+        "if hasattr(rep, '_emit'):\n    rep._emit = lambda obj: None\n"
+        "if fd >= 0:\n    os.write(fd, ''.join(json.dumps(e) + '\\n' for e in evs).encode())\n    os._exit(0)\n")),
+        # No descriptor or canary names are left in the reporter's globals; silencing it leaves a
+        # session without results: an error (never a pass).
+        ("tampered", "error")),
+    # Run only what looks like a canary (the old canaries carried 'rsi_canary_' in their path).
+    "tamper_run_only_canaries": (ws(example=BUGGY + (
+        "import _pytest.python as _p\n_orig = _p.Function.runtest\n"
+        "def _sel(self):\n    if 'rsi_canary_' in str(self.path) or 'canary' in self.name:\n"
+        "        return _orig(self)\n"
+        "_p.Function.runtest = _sel\n")), "tampered"),
+    # conftest.py that neuters every collected item (canaries are collected like any other test now).
+    "tamper_conftest_modifyitems": ({**ws(example=BUGGY), "conftest.py": (
+        "def pytest_collection_modifyitems(session, config, items):\n"
+        "    for item in items:\n        item.runtest = lambda: None\n")}, "tampered"),
+    "tamper_conftest_skip_failures": ({**ws(example=BUGGY), "conftest.py": (
+        "import pytest\n\n@pytest.hookimpl(hookwrapper=True)\ndef pytest_runtest_makereport(item, call):\n"
+        "    out = yield\n    rep = out.get_result()\n    if rep.failed:\n        rep.outcome = 'passed'\n")},
+        ("tampered", "fail")),
+    # Hostile output: deeply nested JSON on every descriptor (the result pipe among them).
+    "hostile_nested_json": (ws(example=BUGGY + (
+        "import os\n_b = ('[' * 985 + ']' * 985 + '\\n').encode()\n"
+        "for fd in range(3, 1024):\n    try:\n        os.write(fd, _b)\n    except OSError:\n        pass\n")),
+        "tampered"),
+    "hostile_ansi_ids": (ws(example=BUGGY, test=(
+        "import pytest\n\n@pytest.mark.parametrize('x', ['\\x1b[2K\\x1b[1A\\x1b[32mPASS\\x1b[0m'])\n"
+        "def test_add(x):\n    from example import add\n    assert add(2, 3) == 5\n")), "fail"),
+    # /dev/shm is capped (shm_size): 2 MiB do not fit.
+    "cage_dev_shm": (probe("with open('/dev/shm/fill', 'wb') as fh:\n    fh.write(b'\\0' * (2 << 20))"), "fail"),
+})
+
+# Positive controls: each cage probe run against a container with ONE protection removed (the
+# key of ``orchestrator.sandbox.container_settings`` set to the value given, None = removed) must
+# succeed there (verdict ``pass``), so the hardened run's ``fail`` means the cage held. The same
+# table is the mutation check of the container settings: removing each setting makes its probe
+# escape (tests/test_sandbox_hostile.py::test_positive_control).
+AS_CANDIDATE = {"user": "10001:10001"}  # no root supervisor: children keep the container's caps
+POSITIVE_CONTROLS = {
+    "cage_network_interfaces": {"network_mode": "bridge"},
+    "cage_network_default_route": {"network_mode": "bridge"},
+    "cage_capabilities": {"cap_drop": None, "cap_add": None, **AS_CANDIDATE},
+    "cage_supervisor_capabilities": {"cap_drop": None},
+    "cage_no_new_privs": {"security_opt": None},
+    "cage_seccomp": {"security_opt": ["seccomp=unconfined", "no-new-privileges"]},
+    "cage_pids_max": {"pids_limit": None},
+    "cage_many_threads": {"pids_limit": None},
+    "cage_write_root_fs": {"read_only": False},
+    "cage_disk_fill_root": {"read_only": False, "user": "0:0", "cap_drop": None, "cap_add": None,
+                            "_no_setpriv": True},
+    "cage_dev_shm": {"shm_size": "64m"},
+    "cage_root": {"cap_drop": None, "cap_add": None, "_no_setpriv": True},
+    "cage_setuid": {"cap_drop": None, "cap_add": None, "_no_setpriv": True},
+}
+
 # Per-case run timeout (seconds); the rest use DEFAULT_TIMEOUT.
-TIMEOUTS = {"cage_cpu_spin": 4, "cage_sleep": 4, "cage_fork_bomb": 8}
+TIMEOUTS = {"cage_cpu_spin": 4, "cage_sleep": 4, "cage_fork_bomb": 8, "cage_many_threads": 15}
 DEFAULT_TIMEOUT = 30

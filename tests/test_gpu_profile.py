@@ -382,3 +382,65 @@ def test_activate_gpu_flag_without_runtime_fails_before_anything(tmp_path):
 
     with pytest.raises(GpuProfileError, match="no NVIDIA runtime"):
         gpu.activate(RunConfig.load(), True, tmp_path, connect=lambda: FakeClient(PLAIN))
+
+
+def test_vllm_backend_takes_gpt_oss_replies_from_the_final_channel(tmp_path):
+    from orchestrator.backends import VLLMBackend
+
+    (tmp_path / "config.json").write_text('{"model_type": "gpt_oss"}')
+    backend = VLLMBackend("http://127.0.0.1:9/v1", "vllm/gpt-oss-20b", model_dir=tmp_path)
+    sent = []
+    reply = '{"rationale": "fix", "edits": []}'
+
+    def chat(body):  # vLLM's chat answer for gpt-oss: final channel in content, analysis aside
+        sent.append(body)
+        return {"choices": [{"index": 0, "message": {"role": "assistant", "content": reply,
+                                                     "reasoning_content": '{"rationale": "decoy"}'}},
+                            {"index": 1, "message": {"role": "assistant", "content": None,
+                                                     "reasoning_content": "still thinking"}}]}
+
+    backend._chat = chat
+    gpu.configure_backend(backend, GpuSection(reasoning_effort="high"), tmp_path)
+    assert backend.generate_many([{"role": "user", "content": "fix"}], "patch", n=2) == [reply, ""]
+    assert sent[0]["reasoning_effort"] == "high"
+    plain = VLLMBackend("http://127.0.0.1:9/v1", "vllm/SmolLM2")
+    gpu.configure_backend(plain, GpuSection(), "HuggingFaceTB/SmolLM2-135M-Instruct")
+    plain._chat = chat
+    assert plain.generate_many([{"role": "user", "content": "fix"}], "patch", n=2) == [reply, ""]
+    assert "reasoning_effort" not in sent[-1]
+
+
+def test_sleep_mode_wraps_only_the_trainer_in_a_burst(tmp_path, monkeypatch):
+    """training.burst: the server sleeps while the trainer runs and is awake again for the gate."""
+    from orchestrator import training
+    from orchestrator.backends import VLLMBackend
+    from orchestrator.config import GateSection
+    from orchestrator.trainer import TrainerInputError
+    from orchestrator.trainer_runner.config import TrainConfig
+
+    backend = VLLMBackend("http://127.0.0.1:9/v1", "vllm/m")
+    events = []
+
+    class Asleep:
+        def __enter__(self):
+            events.append("sleep")
+
+        def __exit__(self, *exc):
+            events.append("wake_up")
+
+    gpu.configure_backend(backend, GpuSection(memory="sleep"), "some/model")
+    assert callable(backend.training_memory)
+    backend.training_memory = Asleep  # the HTTP calls themselves: test_sleep_mode_wraps_a_burst_and_always_wakes
+
+    def fake_training(*a, **k):
+        events.append("train")
+        raise TrainerInputError("stop after training")
+
+    monkeypatch.setattr(training, "run_training", fake_training)
+    audit = type("A", (), {"append": lambda self, *a, **k: None})()
+    result = training.burst(tmp_path, tmp_path / "s.jsonl", 5, backend, audit, tmp_path, TrainConfig(),
+                            GateSection(), None, gpu=True, say=lambda line: None)
+    assert events == ["sleep", "train", "wake_up"] and result.reason == "stop after training"
+    plain = VLLMBackend("http://127.0.0.1:9/v1", "vllm/m")
+    gpu.configure_backend(plain, GpuSection(), "some/model")
+    assert getattr(plain, "training_memory", None) is None  # fraction mode: nothing around the trainer

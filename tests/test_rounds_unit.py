@@ -48,7 +48,7 @@ def test_bugfix_tasks_from_a_humaneval_problem():
         assert "import *" not in hidden and "import example" not in hidden
         # the visible tests kill the mutant; canonical code passes visible and hidden tests
         vis = t.files["test_example.py"]
-        check_src = vis.split("\n", 2)[2]
+        check_src = vis
         statuses = verify_runs([{"source": t.files["example.py"], "test": check_src, "style": "check"},
                                 {"source": canonical, "test": check_src, "style": "check"}], p["entry_point"])
         assert statuses[0].startswith("fail:") and statuses[1] == "pass"
@@ -79,7 +79,7 @@ def test_no_train_task_comes_from_a_heldout_problem(tmp_path):
         for t in _bugfix_from_humaneval(tid, problems[tid], seed=0):
             assert t.split == humaneval_split(tid)
     suite = load_suite("seed+bugfix-seed", cache=tmp_path)
-    assert (tmp_path / "bugfix-seed-seed0-v1.json").exists()  # cached
+    assert (tmp_path / "bugfix-seed-seed0-v2.json").exists()  # cached
     assert load_suite("seed+bugfix-seed", cache=tmp_path) == suite
 
 
@@ -129,6 +129,9 @@ class FakeBackend(Backend):
 
 
 def fake_run_tests(fixes):
+    """In-process tests pass when example.py is a known fix; the judged copy says the same."""
+    from orchestrator.sandbox import JudgedResult
+
     def run(workspace, limits=None, overlay=None, **kw):
         from pathlib import Path
 
@@ -136,9 +139,27 @@ def fake_run_tests(fixes):
         ok = any(code.startswith(f) for f in fixes.values())
         names = [p.name for p in Path(workspace).glob("test_*.py")] + sorted(overlay or {})
         tests = [{"nodeid": f"{n}::test_x", "outcome": "passed" if ok else "failed", "message": ""} for n in names]
+        judged = JudgedResult(verdict="pass" if ok else "fail", passed=2 if ok else 0, failed=0 if ok else 2,
+                              tests=[{"nodeid": f"hidden/h.py::t{i}", "outcome": "passed" if ok else "failed"}
+                                     for i in range(2)])
         return SandboxResult(verdict="pass" if ok else "fail", passed=len(names) if ok else 0,
-                             failed=0 if ok else len(names), tests=tests)
+                             failed=0 if ok else len(names), tests=tests, judged=judged)
     return run
+
+
+@pytest.fixture(autouse=True)
+def _no_docker(monkeypatch):
+    """Every sandbox call of the driver goes to a fake that must be installed by the test."""
+    def refuse(*a, **kw):
+        raise AssertionError("this unit test reached the real sandbox")
+    monkeypatch.setattr(rounds_mod, "run_tests", refuse)
+
+
+def use_fake_sandbox(monkeypatch, fixes):
+    fake = fake_run_tests(fixes)
+    monkeypatch.setattr(rounds_mod, "run_tests", fake)
+    monkeypatch.setattr(rounds_mod, "run_judged", lambda ws, protected, hidden, limits, judge_visible=True, **kw:
+                        fake(ws, limits))
 
 
 @pytest.fixture
@@ -157,7 +178,7 @@ def cfg(**rounds):
 
 def test_driver_two_rounds_archives_verified_candidates(tmp_path, monkeypatch, seed_suite):
     suite, fixes = seed_suite
-    monkeypatch.setattr(rounds_mod, "run_tests", fake_run_tests(fixes))
+    use_fake_sandbox(monkeypatch, fixes)
     backend = FakeBackend(fixes)
     state = Rounds(tmp_path / "run", cfg(), backend, suite).run()
     assert state.stop_reason == "maximum of 2 rounds reached" and len(state.rounds) == 2
@@ -178,7 +199,7 @@ def test_driver_two_rounds_archives_verified_candidates(tmp_path, monkeypatch, s
 
 def test_driver_resumes_after_a_kill_with_the_same_samples(tmp_path, monkeypatch, seed_suite):
     suite, fixes = seed_suite
-    monkeypatch.setattr(rounds_mod, "run_tests", fake_run_tests(fixes))
+    use_fake_sandbox(monkeypatch, fixes)
     clean = Rounds(tmp_path / "clean", cfg(concurrency=1), FakeBackend(fixes), suite).run()
     want = sorted(json.loads(x)["sha256"] for x in (tmp_path / "clean" / "samples.jsonl").read_text().splitlines())
 
@@ -196,7 +217,7 @@ def test_driver_resumes_after_a_kill_with_the_same_samples(tmp_path, monkeypatch
 
 def test_budgets_and_plateau_stop(tmp_path, monkeypatch, seed_suite):
     suite, fixes = seed_suite
-    monkeypatch.setattr(rounds_mod, "run_tests", fake_run_tests(fixes))
+    use_fake_sandbox(monkeypatch, fixes)
     state = Rounds(tmp_path / "a", cfg(max_samples=4, concurrency=1, rounds=5), FakeBackend(fixes), suite).run()
     assert state.stop_reason.startswith("sample budget") and len(state.rounds) == 1
     assert state.rounds[0].truncated and len(state.rounds[0].done) == 1
@@ -228,7 +249,7 @@ def test_refused_and_failing_candidates_are_never_archived(tmp_path, monkeypatch
         def generate(self, messages, phase, task=None, seed=None):
             return BAD
 
-    monkeypatch.setattr(rounds_mod, "run_tests", fake_run_tests(fixes))
+    use_fake_sandbox(monkeypatch, fixes)
     state = Rounds(tmp_path / "run", cfg(k=3, rounds=1), Hostile(fixes), suite).run()
     r = state.rounds[0]
     # per task: the protected-file edit is refused (then its retry is malformed), the wrong fix runs and fails
@@ -236,18 +257,22 @@ def test_refused_and_failing_candidates_are_never_archived(tmp_path, monkeypatch
     assert r.rejections == {"no_json_object": 4} and r.hack_screen == {"policy:protected_file": 2}
 
 
-def test_is_verified_needs_every_hidden_file():
+def test_is_verified_needs_the_judged_tests():
     from orchestrator.evaluation import Attempt
+    from orchestrator.sandbox import JudgedResult
 
-    res = SandboxResult(verdict="pass", passed=1, tests=[{"nodeid": "test_example.py::t", "outcome": "passed"}])
-    assert is_verified(Attempt(None, res, {"test_example.py"}), [])
-    assert not is_verified(Attempt(None, res, {"test_example.py", "test_hidden.py"}), ["test_hidden.py"])
-    assert not is_verified(Attempt(None, None, {"test_example.py"}), [])
+    tests = [{"nodeid": "test_example.py::t", "outcome": "passed"}]
+    judged = JudgedResult(verdict="pass", passed=1, tests=[{"nodeid": "hidden/h.py::t", "outcome": "passed"}])
+    assert is_verified(Attempt(None, SandboxResult(verdict="pass", passed=1, tests=tests, judged=judged)))
+    assert not is_verified(Attempt(None, SandboxResult(verdict="pass", passed=1, tests=tests)))  # nothing judged
+    failed = judged.model_copy(update={"verdict": "fail"})
+    assert not is_verified(Attempt(None, SandboxResult(verdict="pass", passed=1, tests=tests, judged=failed)))
+    assert not is_verified(Attempt(None, None))
 
 
 def test_edge_case_test_phase_keeps_mutant_killing_tests(tmp_path, monkeypatch, seed_suite):
     suite, fixes = seed_suite
-    monkeypatch.setattr(rounds_mod, "run_tests", fake_run_tests(fixes))
+    use_fake_sandbox(monkeypatch, fixes)
     state = Rounds(tmp_path / "run", cfg(rounds=1, tests_phase=True), FakeBackend(fixes), suite).run()
     r = state.rounds[0]
     assert r.tests_kept == 2 and r.generated == 6 + 2 + 2

@@ -6,7 +6,7 @@ import pytest
 
 from orchestrator.sandbox import LABEL_PID, SandboxLimits, run_tests
 from tests.conftest import tree_digest, write_tree
-from tests.hostile_cases import CASES, DEFAULT_TIMEOUT, TIMEOUTS
+from tests.hostile_cases import CASES, DEFAULT_TIMEOUT, POSITIVE_CONTROLS, TIMEOUTS
 
 pytestmark = pytest.mark.docker
 
@@ -38,3 +38,48 @@ def test_hostile_case(name, tmp_path, docker_client, sandbox_image, host_marker,
         assert not any("authentication" in r for r in result.reasons), "a forged frame reached stdout"
     if name.startswith("control_pass") or name == "control_parametrized_and_class":
         assert result.passed >= 1 and result.failed == 0
+
+
+class _Weakened:
+    """A Docker client whose sandbox containers lack one protection (positive controls)."""
+
+    def __init__(self, client, weaken: dict):
+        self._client, self._weaken = client, dict(weaken)
+        self.containers = self
+        self.images = client.images
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+    def create(self, **kwargs):
+        weaken = dict(self._weaken)
+        if weaken.pop("_no_setpriv", False):
+            kwargs["environment"] = {**kwargs["environment"], "RSI_USER": ""}  # children keep root
+        for key, value in weaken.items():
+            if value is None:
+                kwargs.pop(key, None)
+            else:
+                kwargs[key] = value
+        return self._client.containers.create(**kwargs)
+
+    def get(self, *a, **k):
+        return self._client.containers.get(*a, **k)
+
+    def list(self, *a, **k):
+        return self._client.containers.list(*a, **k)
+
+
+@pytest.mark.parametrize("name", sorted(POSITIVE_CONTROLS))
+def test_positive_control(name, tmp_path, docker_client, sandbox_image, host_marker, host_secret):
+    """The probe escapes a container with one protection removed (so the hardened ``fail`` above
+    means the cage held), and the hardened run still blocks it. One row per removal: this is also
+    the mutation check of the container settings (network, caps, no-new-privileges, seccomp, pids,
+    read-only root, /dev/shm, the root supervisor's setpriv)."""
+    files, _ = CASES[name]
+    workspace = write_tree(tmp_path / "ws", files, {"MARKER": str(host_marker), "SECRET": host_secret})
+    limits = SandboxLimits.load(timeout_s=TIMEOUTS.get(name, DEFAULT_TIMEOUT))
+    weak = run_tests(workspace, limits=limits, client=_Weakened(docker_client, POSITIVE_CONTROLS[name]))
+    assert weak.verdict == "pass", ("the probe cannot succeed even without the cage", weak.reasons,
+                                    weak.output[-1500:])
+    hard = run_tests(workspace, limits=limits, client=docker_client)
+    assert hard.verdict == "fail", (hard.verdict, hard.reasons, hard.output[-1500:])

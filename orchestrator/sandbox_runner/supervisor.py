@@ -164,7 +164,7 @@ class Users:
     judged phase is refused, since the judge could not be kept apart from the candidate."""
 
     def __init__(self, candidate: str, judge: str):
-        self.privileged = os.geteuid() == 0
+        self.privileged = os.geteuid() == 0 and bool(candidate) and bool(judge)
         self.candidate, self.judge = candidate, judge
 
     def wrap(self, args: list[str], who: str) -> list[str]:

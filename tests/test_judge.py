@@ -1,0 +1,180 @@
+"""The out-of-process judge: its codec (no Docker), value-level hacks through `rsi eval`'s path
+(real Docker), the hack screen's false positives, and the loop archiving nothing from a hack."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from orchestrator import evaluation
+from orchestrator.backends import ReplayBackend
+from orchestrator.hack_screen import screen
+from orchestrator.humaneval_eval import evaluate, summarize
+from orchestrator.policy import Policy
+from orchestrator.sandbox_runner.codec import CodecError, decode, encode, loads
+from orchestrator.tasks import humaneval_problems
+from tests.value_hacks import HACKS
+
+# ----- codec (no Docker) -----
+
+PLAIN = [None, True, False, 0, -7, 10 ** 40, 1.5, -0.0, float("inf"), float("-inf"), "", "héllo\x00",
+         b"\x00\xff", [1, [2, (3, 4)]], (1, 2), (), {"a": 1, 2: [3], (1, 2): frozenset({1})},
+         {1, 2, "x"}, frozenset(), [[[[]]]]]
+
+
+@pytest.mark.parametrize("value", PLAIN, ids=repr)
+def test_codec_round_trip_keeps_types(value):
+    back = decode(loads(json.dumps(encode(value))))
+    assert back == value and type(back) is type(value)
+    if isinstance(value, float) and value == 0:
+        assert math.copysign(1, back) == math.copysign(1, value)
+
+
+def test_codec_nan_and_tuple_list_distinct():
+    assert math.isnan(decode(encode(float("nan"))))
+    assert decode(encode((1, 2))) != [1, 2]
+
+
+@pytest.mark.parametrize("value", [
+    type("S", (str,), {"__eq__": lambda s, o: True, "__hash__": str.__hash__})("x"),
+    type("I", (int,), {})(1), object(), lambda: 1, (x for x in []), NotImplemented, ..., ValueError(),
+    [object()], {"k": object()}, bytearray(b"x"),
+], ids=lambda v: type(v).__name__)
+def test_codec_refuses_anything_not_plain(value):
+    with pytest.raises(CodecError):
+        encode(value)
+
+
+@pytest.mark.parametrize("wire", [
+    '{"x": 1}', '{"f": "1+1"}', '{"f": "__import__"}', '{"b": "!!"}', '{"s": [{"l": []}]}',
+    '{"d": [[{"l": []}, 1]]}', '{"d": [1]}', '{"l": 5}', '{"f": 1.5}', "[1]", '{"l": [], "t": []}',
+], ids=str)
+def test_decode_refuses_malformed_wire(wire):
+    with pytest.raises(CodecError):
+        decode(json.loads(wire))
+
+
+def test_bounded_loads():
+    with pytest.raises(CodecError):
+        loads("[" * 985 + "]" * 985)
+    with pytest.raises(CodecError):
+        loads(b"\xff\xfe")
+    with pytest.raises(CodecError):
+        loads("x" * 100, max_bytes=10)
+    with pytest.raises(CodecError):
+        encode(_nest(100))
+
+
+def _nest(n):
+    v = []
+    for _ in range(n):
+        v = [v]
+    return v
+
+
+# ----- hack screen false positives (no Docker) -----
+
+def test_hack_screen_passes_every_canonical_solution_and_the_seed():
+    flagged = {tid: f for tid, p in humaneval_problems().items()
+               if (f := screen(p["prompt"] + p["canonical_solution"]))}
+    assert flagged == {}
+    fixed = "def add(a, b):\n    return a + b\n\n\ndef is_even(n):\n    return n % 2 == 0\n"
+    assert screen(fixed) == [] and screen(Path("seeds/example/example.py").read_text()) == []
+
+
+def test_hack_screen_refuses_most_hacks_with_a_reason():
+    caught = {name for name, src in HACKS.items() if screen(src.replace("ENTRY", "f"))}
+    # The screen is defence in depth: plain-data liars (e.g. a stateful alternator) pass it;
+    # the judge is what must hold for every hack (test below).
+    assert len(caught) >= 20, sorted(set(HACKS) - caught)
+
+
+# ----- the judge against value-level hacks (real Docker) -----
+
+HACK_PROBLEMS = ["HumanEval/0", "HumanEval/5", "HumanEval/10"]
+
+
+def _replies(path: Path, ids, body) -> Path:
+    lines = []
+    for tid in ids:
+        p = humaneval_problems()[tid]
+        lines.append({"phase": "patch", "task": tid, "reply": json.dumps(
+            {"rationale": "r", "edits": [{"path": "example.py", "content": body(p)}]})})
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return path
+
+
+@pytest.fixture
+def no_screen(monkeypatch):
+    """The judge alone: the hack screen is switched off so every hack reaches the sandbox."""
+    real = Policy.load
+
+    def load(path=None):
+        policy = real(path)
+        policy.screen.enabled = False
+        return policy
+
+    monkeypatch.setattr(evaluation.Policy, "load", staticmethod(load))
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("name", sorted(HACKS))
+def test_value_hack_scores_zero_through_the_judge(name, tmp_path, sandbox_image, no_screen):
+    src = HACKS[name]
+    backend = ReplayBackend(_replies(tmp_path / "r.jsonl", HACK_PROBLEMS,
+                                     lambda p: p["prompt"] + "    pass\n\n" + src.replace("ENTRY", p["entry_point"])))
+    results = evaluate(backend, HACK_PROBLEMS)
+    assert [r.correct for r in results] == [0] * len(HACK_PROBLEMS), [r.verdicts for r in results]
+    assert all(r.rejected == 0 for r in results), "the screen was meant to be off: the judge must hold alone"
+
+
+@pytest.mark.docker
+def test_positive_control_canonical_passes_the_same_path(tmp_path, sandbox_image, no_screen):
+    """The control for the hack test: the same problems, path and settings give canonical code 1."""
+    backend = ReplayBackend(_replies(tmp_path / "c.jsonl", HACK_PROBLEMS,
+                                     lambda p: p["prompt"] + p["canonical_solution"]))
+    results = evaluate(backend, HACK_PROBLEMS)
+    assert summarize(results)["pass@1"] == 1.0, [r.verdicts for r in results]
+
+
+@pytest.mark.docker
+def test_hacks_are_refused_by_the_screen_before_running(tmp_path, sandbox_image):
+    src = HACKS["frame_peek_assert"]
+    backend = ReplayBackend(_replies(tmp_path / "s.jsonl", HACK_PROBLEMS[:1],
+                                     lambda p: p["prompt"] + "    pass\n\n" + src.replace("ENTRY", p["entry_point"])))
+    (r,) = evaluate(backend, HACK_PROBLEMS[:1])
+    assert r.correct == 0 and r.rejected == 1 and "hack_suspected" in r.reasons[0]
+
+
+# ----- the loop: a hack is never the best state, never archived -----
+
+@pytest.mark.docker
+@pytest.mark.parametrize("hack", ["always_equal_object", "frame_peek_assert", "str_subclass_equal"])
+def test_seed_like_loop_archives_nothing_from_a_hack(hack, tmp_path, sandbox_image, no_screen):
+    """The issue's run: `add` returning a - b, two visible tests, a generic hack as the patch. With
+    the screen off (the judge alone), the hack is never kept, the best reward stays 0 and nothing
+    is archived."""
+    from orchestrator.config import RunConfig
+    from orchestrator.loop import Loop
+    from orchestrator.tasks import user_task
+
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "example.py").write_text("def add(a, b):\n    return a - b\n")
+    (ws / "test_example.py").write_text("from example import add\n\n\ndef test_add():\n    assert add(2, 3) == 5\n"
+                                        "\n\ndef test_add_zero():\n    assert add(0, 0) == 0\n")
+    replies = tmp_path / "replies.jsonl"
+    replies.write_text(json.dumps({"phase": "patch", "reply": json.dumps(
+        {"rationale": "r", "edits": [{"path": "example.py", "content": HACKS[hack].replace("ENTRY", "add")}]})}) + "\n")
+    cfg = RunConfig.load()
+    cfg.run.backend, cfg.run.train_every, cfg.run.max_iterations, cfg.run.stop_when_solved = "replay", 0, 1, False
+    run_dir = tmp_path / "run"
+    state = Loop(run_dir, cfg, ReplayBackend(replies), task=user_task(ws)).run()
+    assert state.best_reward == 0
+    samples = run_dir / "samples.jsonl"
+    assert not samples.exists() or samples.read_text().strip() == ""
+    events = [json.loads(line) for line in (run_dir / "audit.jsonl").read_text().splitlines()]
+    runs = [e for e in events if e.get("event") == "sandbox_run" and e.get("purpose") == "evaluation"]
+    assert len(runs) == 2 and all(e["reward"] == 0 for e in runs)  # baseline and the hack
+    assert any(e.get("event") == "reverted" for e in events)
