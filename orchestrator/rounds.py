@@ -48,6 +48,7 @@ from .evaluation import Attempt, run_judged, verified
 from .mutation import mutants
 from .policy import Policy
 from .protocol import apply_reply, reply_digest
+from .reply_format import JSON, ReplyFormat, for_request
 from .sandbox import SandboxLimits, SandboxResult, run_tests
 from .suites import Suite, SuiteTask, load_suite, select_tasks
 from .tasks import Task, protected_files
@@ -202,6 +203,14 @@ def default_concurrency() -> int:
 def _sources(ws: Path, protected: list[str]) -> list[str]:
     return [str(p.relative_to(ws)) for p in sorted(ws.rglob("*.py"))
             if str(p.relative_to(ws)) not in protected and ".git" not in p.parts and "__pycache__" not in p.parts]
+
+
+def request_format(backend: Backend, phase: str, sources: list[str], ws: Path) -> ReplyFormat:
+    """The reply format of one request: the model's preferred one where the request writes one file."""
+    try:
+        return for_request(getattr(backend, "reply_format", "json") or "json", phase, sources, ws)
+    except ValueError:
+        return JSON
 
 
 def can_train(backend: Backend) -> bool:
@@ -361,30 +370,32 @@ class Rounds:
         policy = self.policy.model_copy(deep=True)
         policy.protected = protected
         scored = set(protected)  # the protected files (the judge runs their tests and the hidden ones)
-        messages = prompts.patch_messages(base.path, _sources(base.path, protected), protected, None)
+        sources = _sources(base.path, protected)
+        fmt = request_format(self.backend, "patch", sources, base.path)
+        messages = prompts.patch_messages(base.path, sources, protected, None, fmt)
         seed = _seed(self.rc.seed, rnd, st.id)
         t0 = time.perf_counter()
         replies = self.backend.generate_many(messages, "patch", st.id, n=self.rc.k,
-                                             temperature=self.rc.temperature, seed=seed)
+                                             temperature=self.rc.temperature, seed=seed, fmt=fmt)
         out.generated += len(replies)
         gen = time.perf_counter() - t0
         runs = []
         for i, reply in enumerate(replies):
             ws = Workspace.create(task.source_dir, scratch / _safe(st.id) / f"c{i}")
             cand = CandidateOutcome(index=i, reply_sha256=reply_digest(reply))
-            applied = apply_reply(ws, self.audit, reply, "patch", policy, rnd, 0)
+            applied = apply_reply(ws, self.audit, reply, "patch", policy, rnd, 0, fmt=fmt)
             for attempt in range(1, self.rc.max_retries + 1):
                 if applied.decision.accepted:
                     break
                 _add(out.hack_screen, hack_screen_counts(applied.decision, None))
                 feedback = applied.decision.feedback()
                 t1 = time.perf_counter()
-                reply = self.backend.generate(prompts.retry_messages(messages, reply, feedback), "patch", st.id,
-                                              seed=seed + 7919 * attempt + i)
+                reply = self.backend.generate(prompts.retry_messages(messages, reply, feedback, fmt), "patch", st.id,
+                                              seed=seed + 7919 * attempt + i, fmt=fmt)
                 gen += time.perf_counter() - t1
                 out.generated += 1
                 cand.retries, cand.reply_sha256 = attempt, reply_digest(reply)
-                applied = apply_reply(ws, self.audit, reply, "patch", policy, rnd, attempt)
+                applied = apply_reply(ws, self.audit, reply, "patch", policy, rnd, attempt, fmt=fmt)
             cand.accepted = applied.decision.accepted
             if not cand.accepted:
                 _add(out.hack_screen, hack_screen_counts(applied.decision, None))
@@ -402,10 +413,12 @@ class Rounds:
         policy = self.policy.model_copy(deep=True)
         policy.protected = protected
         sources = _sources(ws.path, protected)
-        messages = prompts.tests_messages(ws.path, sources, protected)
-        reply = self.backend.generate(messages, "tests", st.id, seed=_seed(self.rc.seed, rnd, st.id, "tests"))
+        fmt = request_format(self.backend, "tests", sources, ws.path)
+        messages = prompts.tests_messages(ws.path, sources, protected, fmt)
+        reply = self.backend.generate(messages, "tests", st.id, seed=_seed(self.rc.seed, rnd, st.id, "tests"),
+                                      fmt=fmt)
         out.generated += 1
-        applied = apply_reply(ws, self.audit, reply, "tests", policy, rnd, 0, write=False)
+        applied = apply_reply(ws, self.audit, reply, "tests", policy, rnd, 0, write=False, fmt=fmt)
         if not applied.decision.accepted:
             out.tests_outcome = "refused: " + (applied.decision.reasons[0].code if applied.decision.reasons else "?")
             return
@@ -620,9 +633,11 @@ def evaluate_tasks(backend: Backend, tasks: list[SuiteTask], limits: SandboxLimi
             ws = Workspace.create(task.source_dir, scratch / _safe(st.id))
             p = policy.model_copy(deep=True)
             p.protected = protected_files(ws.path)
-            messages = prompts.patch_messages(ws.path, _sources(ws.path, p.protected), p.protected, None)
-            reply = backend.generate(messages, "patch", st.id)
-            applied = apply_reply(ws, None, reply, "patch", p)
+            sources = _sources(ws.path, p.protected)
+            fmt = request_format(backend, "patch", sources, ws.path)
+            messages = prompts.patch_messages(ws.path, sources, p.protected, None, fmt)
+            reply = backend.generate(messages, "patch", st.id, fmt=fmt)
+            applied = apply_reply(ws, None, reply, "patch", p, fmt=fmt)
             pending.append((st, task, ws, applied, set(p.protected)))
         runnable = [x for x in pending if x[3].decision.accepted]
         with ThreadPoolExecutor(max_workers=concurrency or default_concurrency()) as pool:

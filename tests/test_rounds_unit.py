@@ -112,13 +112,13 @@ class FakeBackend(Backend):
     def __init__(self, fixes: dict[str, str], crash_after: int | None = None):
         self.fixes, self.calls, self.crash_after = fixes, [], crash_after
 
-    def generate_many(self, messages, phase, task=None, n=1, temperature=0.8, seed=None):
+    def generate_many(self, messages, phase, task=None, n=1, temperature=0.8, seed=None, fmt=None):
         self.calls.append((task, n, seed))
         if self.crash_after is not None and len(self.calls) > self.crash_after:
             raise KeyboardInterrupt("simulated kill")
         return [reply(self.fixes[task]) if i % 2 == 0 else BAD for i in range(n)]
 
-    def generate(self, messages, phase, task=None, seed=None):
+    def generate(self, messages, phase, task=None, seed=None, fmt=None):
         if phase == "tests":
             return json.dumps({"rationale": "r", "tests": [{"path": "test_gen_edge.py", "content":
                                "from example import add\n\n\ndef test_gen_add():\n    assert add(2, 2) == 4\n"}]})
@@ -242,11 +242,11 @@ def test_refused_and_failing_candidates_are_never_archived(tmp_path, monkeypatch
     suite, fixes = seed_suite
 
     class Hostile(FakeBackend):
-        def generate_many(self, messages, phase, task=None, n=1, temperature=0.8, seed=None):
+        def generate_many(self, messages, phase, task=None, n=1, temperature=0.8, seed=None, fmt=None):
             return [json.dumps({"rationale": "r", "edits": [{"path": "test_example.py", "content": "x = 1\n"}]}),
                     reply("def add(a, b):\n    return 0\n")] + [BAD] * (n - 2)
 
-        def generate(self, messages, phase, task=None, seed=None):
+        def generate(self, messages, phase, task=None, seed=None, fmt=None):
             return BAD
 
     use_fake_sandbox(monkeypatch, fixes)
