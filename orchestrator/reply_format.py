@@ -1,0 +1,159 @@
+"""Reply formats: how a model is asked for a change, and how its answer becomes the protocol's reply.
+
+The JSON patch protocol is the contract: whatever reaches a workspace is a ``PatchReply`` or
+``TestsReply`` validated by schema.py and checked by policy.py. A model may *answer* in one of two
+formats:
+
+- ``json``: the reply is that JSON object (schema.extract_object finds it, also in prose or a fence).
+- ``code``: for a request that writes one file, the whole new file in one fenced code block. The
+  block becomes the JSON reply ``{"rationale": <the prose around it>, "edits"|"tests": [{"path":
+  <target>, "content": <the block>}]}``, which then goes through the same extraction, schema and
+  policy as any JSON reply. The path is fixed by the task (the workspace's one source file in the
+  patch phase; a fresh ``test_gen_<n>.py`` in the tests phase), never read from the reply.
+
+A code reply is untrusted text: its size is bounded before it is read (one linear pass over its
+lines), and zero or several code blocks, an unterminated fence, a block in another language, an
+empty block or one over the policy's file limit are refused with a structured reason (stage
+``extract``) that is fed back to the model like any other.
+
+Which format a model gets: ``[model] reply_format`` in policies/run.toml (``auto``: the model's
+measured default in ``[model.reply_formats]``, else ``json``); ``code`` applies only where the
+request writes one file (``for_request``), every other request is asked in ``json``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from .schema import Phase, Rejection, ReplyError, decode_bytes
+
+FormatName = Literal["json", "code"]
+FORMATS: tuple[str, ...] = ("json", "code")
+PYTHON_TAGS = {"", "python", "py", "python3", "py3"}
+RATIONALE_CHARS = 240  # prose kept from around the block as the reply's rationale
+# A fence line: up to 3 spaces, 3+ backticks or tildes, an optional info string without backticks
+# (so inline ```code``` is no fence). A closing fence is the same character, at least as long, and
+# nothing else. The info string starts with a non-space, so no line makes the patterns backtrack
+# more than linearly.
+_OPEN = re.compile(r"^ {0,3}(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^`\s][^`]*)?$")
+_CLOSE = re.compile(r"^ {0,3}(?P<fence>`{3,}|~{3,})[ \t]*$")
+
+
+@dataclass(frozen=True)
+class ReplyFormat:
+    """The format of one request: ``json``, or ``code`` with the one file the reply writes."""
+
+    name: FormatName = "json"
+    path: str | None = None
+
+    def __post_init__(self):
+        if self.name not in FORMATS:
+            raise ValueError(f"unknown reply format {self.name!r} ({', '.join(FORMATS)})")
+        if self.name == "code" and not self.path:
+            raise ValueError("a code reply format needs the path it writes")
+
+
+JSON = ReplyFormat()
+
+
+def for_request(preferred: str, phase: Phase, sources: list[str], workspace: Path | None = None) -> ReplyFormat:
+    """The format of one request for a model that prefers ``preferred``: ``code`` only when the
+    request writes one file (patch: the workspace has exactly one source file; tests: a new
+    ``test_gen_<n>.py``), else ``json``."""
+    if preferred not in FORMATS:
+        raise ValueError(f"unknown reply format {preferred!r} ({', '.join(FORMATS)})")
+    if preferred != "code":
+        return JSON
+    if phase == "patch":
+        return ReplyFormat("code", sources[0]) if len(sources) == 1 else JSON
+    return ReplyFormat("code", fresh_test_path(workspace))
+
+
+def fresh_test_path(workspace: Path | None) -> str:
+    """The first ``test_gen_<n>.py`` that does not exist at the workspace's top level."""
+    from .policy import generated_test_prefix
+
+    prefix = generated_test_prefix()
+    n = 1
+    while workspace is not None and (Path(workspace) / f"{prefix}{n}.py").exists():
+        n += 1
+    return f"{prefix}{n}.py"
+
+
+@dataclass
+class _Block:
+    info: str   # the opening fence's info string ("python", "")
+    start: int  # line index of the opening fence
+    end: int    # line index of the closing fence
+
+
+def find_blocks(text: str) -> tuple[list[str], list[_Block], bool]:
+    """(lines, closed fenced blocks, whether a fence is left open at the end). Lines are split on
+    ``\n`` only (``str.splitlines`` would also split inside the code on form feeds and the like),
+    with a trailing ``\r`` dropped."""
+    lines = [raw[:-1] if raw.endswith("\r") else raw for raw in text.split("\n")]
+    blocks: list[_Block] = []
+    opened: tuple[str, str, int] | None = None  # (fence, info, line)
+    for i, line in enumerate(lines):
+        if opened is None:
+            m = _OPEN.match(line)
+            if m:
+                opened = (m["fence"], (m["info"] or "").strip(), i)
+            continue
+        m = _CLOSE.match(line)
+        if m and m["fence"][0] == opened[0][0] and len(m["fence"]) >= len(opened[0]):
+            blocks.append(_Block(opened[1], opened[2], i))
+            opened = None
+    return lines, blocks, opened is not None
+
+
+def has_closed_block(text: str) -> bool:
+    """Whether ``text`` holds at least one complete fenced block (a generation can stop there)."""
+    return bool(find_blocks(text)[1])
+
+
+def _extract(code: str, detail: str) -> ReplyError:
+    return ReplyError([Rejection(stage="extract", code=code, detail=detail)])
+
+
+def code_reply_to_json(reply: str | bytes, path: str, phase: Phase, max_reply_bytes: int,
+                       max_file_bytes: int) -> str:
+    """The protocol reply (JSON text) for a reply that holds the whole file ``path`` in one fenced
+    code block; ReplyError with one structured reason otherwise."""
+    if isinstance(reply, bytes):
+        if len(reply) > max_reply_bytes:
+            raise _extract("too_large", f"reply is larger than {max_reply_bytes} bytes")
+        reply = decode_bytes(reply)
+    if not isinstance(reply, str):
+        raise _extract("not_text", "reply is not text")
+    if len(reply) > max_reply_bytes or len(reply.encode("utf-8", "surrogatepass")) > max_reply_bytes:
+        raise _extract("too_large", f"reply is larger than {max_reply_bytes} bytes")
+    lines, blocks, unterminated = find_blocks(reply)
+    count = len(blocks) + unterminated
+    if count > 1:
+        raise _extract("multiple_code_blocks", f"the reply has {count} code blocks; reply with the whole file "
+                                               "in exactly one ```python code block")
+    if unterminated:
+        raise _extract("unterminated_code_block", "the code block is never closed with ``` (cut off?); "
+                                                  "keep the file shorter")
+    if not blocks:
+        raise _extract("no_code_block", "no fenced code block found; reply with the whole file in one "
+                                        "```python code block")
+    block = blocks[0]
+    tag = block.info.split()[0].lower() if block.info.split() else ""
+    if tag not in PYTHON_TAGS:
+        raise _extract("not_python_block", f"the code block is marked {tag[:20]!r}; reply with a ```python block")
+    content = "\n".join(lines[block.start + 1:block.end])
+    if len(content) > max_file_bytes or len(content.encode("utf-8", "surrogatepass")) > max_file_bytes:
+        raise _extract("code_block_too_large", f"the code block is larger than {max_file_bytes} bytes")
+    if not content.strip():
+        raise _extract("empty_code_block", "the code block is empty; reply with the whole file")
+    prose = " ".join(lines[:block.start] + lines[block.end + 1:])
+    rationale = " ".join(prose.split())[:RATIONALE_CHARS] or "code block reply"
+    key = "edits" if phase == "patch" else "tests"
+    return json.dumps({"rationale": rationale, key: [{"path": path, "content": content.rstrip("\n") + "\n"}]})
+
