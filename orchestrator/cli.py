@@ -420,6 +420,9 @@ def _run_rounds(config_file, backend, replies, base_url, run_dir, resume_dir, su
             driver = Rounds(run_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S"), config, model, chosen,
                             trainer=trainer)
         state = driver.run()
+        from .rounds_report import write_rounds_report
+
+        click.echo(f"report: {write_rounds_report(driver.run_dir)}", err=True)
     except (BackendError, AdapterRefused, InfraError, RoundsError, SuiteError) as exc:
         _fail_infra(str(exc))
     finally:
