@@ -84,8 +84,10 @@ def heldout_outcomes(results) -> dict:
 def refusal_counts(root: Path) -> dict:
     """Every model reply of the loop runs under ``root``, from their audit logs (``model_reply``
     events): per phase, how many replies, how many the policy accepted, and the refused ones counted
-    by their first reason's stage/code."""
+    by their first reason's stage/code; and every audit event counted by kind (sandbox runs by
+    purpose), which says what reached the sandbox."""
     phases: dict[str, dict] = {}
+    events: dict[str, int] = {}
     for audit in sorted(root.rglob("audit.jsonl")):
         if audit.parent == root:
             continue  # the experiment's own log (training/gate), not a loop run
@@ -93,6 +95,8 @@ def refusal_counts(root: Path) -> dict:
             if not line.strip():
                 continue
             ev = json.loads(line)
+            kind = ev.get("event", "?") + (f":{ev['purpose']}" if ev.get("event") == "sandbox_run" else "")
+            events[kind] = events.get(kind, 0) + 1
             if ev.get("event") != "model_reply":
                 continue
             p = phases.setdefault(ev.get("phase", "?"), {"replies": 0, "accepted": 0, "refused": 0,
@@ -107,7 +111,7 @@ def refusal_counts(root: Path) -> dict:
             p["refused_by_first_reason"][code] = p["refused_by_first_reason"].get(code, 0) + 1
     total = {k: sum(p[k] for p in phases.values()) for k in ("replies", "accepted", "refused")}
     return {"replies": total["replies"], "accepted": total["accepted"], "refused": total["refused"],
-            "by_phase": phases}
+            "by_phase": phases, "audit_events": events}
 
 
 def main() -> int:
