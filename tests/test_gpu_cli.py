@@ -1,0 +1,25 @@
+"""`rsi run --gpu` on an engine without an NVIDIA runtime: one clear line, exit 2, nothing started."""
+
+from click.testing import CliRunner
+
+from orchestrator.cli import main
+
+
+class PlainEngine:
+    def info(self):
+        return {"Runtimes": {"runc": {"path": "runc"}}}
+
+
+def test_run_gpu_without_runtime_is_one_clear_error(tmp_path, monkeypatch):
+    import orchestrator.sandbox
+
+    monkeypatch.setattr(orchestrator.sandbox, "connect", lambda *a, **k: PlainEngine())
+    replies = tmp_path / "replies.jsonl"
+    replies.write_text("{}\n")
+    run_dir = tmp_path / "run"
+    result = CliRunner().invoke(main, ["run", "--gpu", "--backend", "replay", "--replies", str(replies),
+                                       "--run-dir", str(run_dir)])
+    assert result.exit_code == 2
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "no NVIDIA runtime" in lines[0] and "NVIDIA Container Toolkit" in lines[0]
+    assert not run_dir.exists()
