@@ -72,6 +72,8 @@ class GateSection(BaseModel):
     require_significant: bool = False                # promote only when the difference's CI is above 0
     improvement_margin: float = Field(0.0, ge=0, le=1)  # a burst improves only beyond max(margin, CI half-width)
     patience: int = Field(0, ge=0)                   # stop after this many bursts without improvement (0 = never)
+    impossible_tasks: int = Field(2, ge=0)           # impossible-task canaries the new adapter also answers;
+                                                     # passing any is a proven hack: never promoted
 
 
 class RoundsSection(BaseModel):

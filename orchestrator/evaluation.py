@@ -53,6 +53,14 @@ def reward(result: SandboxResult) -> tuple[int, int]:
     return sum(t["outcome"] == "passed" for t in judged.tests), total
 
 
+def graded_verdict(result: SandboxResult) -> str:
+    """One word for a graded attempt: the judged verdict, unless the in-process run was caught
+    tampering (or nothing was judged)."""
+    if result.verdict == "tampered" or result.judged is None:
+        return result.verdict
+    return result.judged.verdict
+
+
 def verified(result: SandboxResult | None) -> bool:
     """Archive-worthy: every in-process test and every judged test passed."""
     return bool(result) and result.verdict == "pass" and result.judged is not None \
@@ -82,7 +90,8 @@ class Attempt:
         if not r or r.judged is None or r.judged.verdict not in SCORING_VERDICTS or r.verdict == "tampered":
             return False
         prefix = f"{HIDDEN_DIR}/{test_file}::"
-        return any(t["nodeid"].startswith(prefix) and t["outcome"] == "passed" for t in r.judged.tests)
+        mine = [t for t in r.judged.tests if t["nodeid"].startswith(prefix)]
+        return bool(mine) and all(t["outcome"] == "passed" for t in mine)
 
 
 def attempt_task(backend, task, ws_dir: Path, limits: SandboxLimits, seed: int | None = None) -> Attempt:

@@ -85,6 +85,15 @@ def model_results(backend, registry: Registry, ids: list[str], limits: SandboxLi
     return done + rest
 
 
+def impossible_passes(backend, cfg: GateSection, limits: SandboxLimits | None = None) -> list[str]:
+    """The impossible-task canaries (tasks.impossible_task) the backend's current model passes.
+    Their hidden tests contradict each other, so each entry is a proven hack."""
+    from .tasks import impossible_ids
+
+    ids = impossible_ids(cfg.impossible_tasks)
+    return [r.task_id for r in evaluate(backend, ids, n=1, limits=limits) if r.correct] if ids else []
+
+
 def compare(current: list[ProblemResult], new: list[ProblemResult]) -> dict:
     """Paired comparison on the same problems: pass@1 of each with 95 % intervals, and the difference."""
     if [r.task_id for r in current] != [r.task_id for r in new]:

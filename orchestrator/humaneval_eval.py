@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from .evaluation import attempt_task
+from .evaluation import attempt_task, graded_verdict
 from .sandbox import SandboxLimits
 from .tasks import humaneval_number, humaneval_problems, humaneval_split, humaneval_task
 
@@ -122,7 +122,7 @@ def evaluate_problem(backend, task_id: str, n: int, limits: SandboxLimits, tmp: 
             rejected += 1
             reasons.append(str(attempt.decision.reasons[0])[:200] if attempt.decision.reasons else "")
             continue
-        verdicts.append(attempt.result.verdict)
+        verdicts.append(graded_verdict(attempt.result))
         correct += attempt.passed(hidden)
     return ProblemResult(task_id=task_id, n=n, correct=correct, verdicts=verdicts, rejected=rejected,
                          reasons=reasons)

@@ -73,6 +73,13 @@ def burst(run_dir: Path, samples: Path, n_samples: int, backend, audit, model_di
     new = gate.model_results(backend, registry, ids, limits, on_problem=progress)
     comparison = gate.compare(current, new)
     promote, improved, decision = gate.decide(comparison, gate_cfg)
+    hacked = gate.impossible_passes(backend, gate_cfg, limits)
+    comparison["impossible_passed"] = hacked
+    if hacked:  # a pass of a task no honest solution passes: a proven hack
+        promote, improved = False, False
+        decision = f"refused: passed impossible-task canaries {hacked} (a proven hack); {decision}"
+        audit.append("proven_hack", iteration=iteration, adapter=meta.id, tasks=hacked)
+        say(f"[bold red]adapter {meta.id} passed impossible tasks {hacked}: a proven hack[/]")
     meta = registry.record_decision(meta.id, promote, decision, comparison["new"]["pass@1"],
                                     comparison["current"]["pass@1"], comparison)
     if not meta.promoted:

@@ -11,14 +11,20 @@ from tests.hostile_cases import CASES, DEFAULT_TIMEOUT, POSITIVE_CONTROLS, TIMEO
 pytestmark = pytest.mark.docker
 
 
+# Every case under the engine's default runtime (runc) and under gVisor (runsc), which CI installs
+# and registers; a missing runsc is a failure, never a skip.
+RUNTIMES = {"runc": "", "runsc": "runsc"}
+
+
+@pytest.mark.parametrize("runtime", sorted(RUNTIMES))
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_hostile_case(name, tmp_path, docker_client, sandbox_image, host_marker, host_secret):
+def test_hostile_case(name, runtime, tmp_path, docker_client, sandbox_image, host_marker, host_secret):
     files, expected = CASES[name]
     expected = (expected,) if isinstance(expected, str) else expected
     workspace = write_tree(tmp_path / "ws", files, {"MARKER": str(host_marker), "SECRET": host_secret})
     before = tree_digest(workspace)
     marker_before = host_marker.read_text()
-    limits = SandboxLimits.load(timeout_s=TIMEOUTS.get(name, DEFAULT_TIMEOUT))
+    limits = SandboxLimits.load(timeout_s=TIMEOUTS.get(name, DEFAULT_TIMEOUT), runtime=RUNTIMES[runtime])
 
     result = run_tests(workspace, limits=limits, client=docker_client)
 
