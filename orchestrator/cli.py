@@ -318,7 +318,7 @@ def run_cmd(config_file, workspace, task_id, backend, replies, base_url, max_ite
     if suite or task_list or (resume_dir and is_rounds_dir(resume_dir)):
         _run_rounds(config_file, backend, replies, base_url, run_dir, resume_dir, suite, task_list,
                     dict(rounds=n_rounds, tasks_per_round=tasks_per_round, k=k_samples, seed=seed,
-                         max_wall_s=max_wall, max_samples=max_samples))
+                         max_wall_s=max_wall, max_samples=max_samples), gpu_flag)
         return
     from .adapters import AdapterRefused
     from .backends import BackendError
@@ -384,7 +384,8 @@ def _workspace_image(path: Path, base: str) -> str:
     return tag
 
 
-def _run_rounds(config_file, backend, replies, base_url, run_dir, resume_dir, suite, task_list, overrides) -> None:
+def _run_rounds(config_file, backend, replies, base_url, run_dir, resume_dir, suite, task_list, overrides,
+                gpu_flag=None) -> None:
     """rsi run --suite/--tasks: self-improvement rounds (orchestrator/rounds.py)."""
     from .adapters import AdapterRefused
     from .backends import BackendError
@@ -393,7 +394,8 @@ def _run_rounds(config_file, backend, replies, base_url, run_dir, resume_dir, su
     from .sandbox import InfraError
     from .suites import SuiteError
 
-    model = None
+    model = gpu_server = None
+    run_dir = resume_dir or run_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
     try:
         if resume_dir:
             config = RunConfig(**RunInfo.model_validate_json((resume_dir / "run.json").read_text()).config)
@@ -404,21 +406,21 @@ def _run_rounds(config_file, backend, replies, base_url, run_dir, resume_dir, su
                 setattr(config.rounds, key, value)
         if backend:
             config.run.backend = backend
+        gpu_server = _gpu_profile(config, gpu_flag, run_dir)
         model = _backend(config.run.backend, config, replies, base_url)
         trainer = None
         if config.rounds.train and "adapters" in model.capabilities:
             from .embedded_model import ensure_converted
 
             trainer = Trainer(model_dir=getattr(model, "model_dir", None) or ensure_converted(),
-                              max_steps=config.rounds.train_steps)
+                              max_steps=config.rounds.train_steps, gpu=config.gpu.enabled == "on")
         elif config.rounds.train:
             click.echo(f"rsi: training is off: the {model.name} backend cannot load adapters", err=True)
         if resume_dir:
             driver = Rounds(resume_dir, config, model, trainer=trainer)
         else:
             chosen = resolve_suite(suite, task_list, config.rounds.seed)
-            driver = Rounds(run_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S"), config, model, chosen,
-                            trainer=trainer)
+            driver = Rounds(run_dir, config, model, chosen, trainer=trainer)
         state = driver.run()
         from .rounds_report import write_rounds_report
 
@@ -428,6 +430,8 @@ def _run_rounds(config_file, backend, replies, base_url, run_dir, resume_dir, su
     finally:
         if model is not None:
             model.close()
+        if gpu_server is not None:
+            gpu_server.stop()  # the GPU profile's vLLM container
     sys.exit(0 if state.stop_reason else 1)
 
 

@@ -457,6 +457,10 @@ class Rounds:
 
         t0 = time.perf_counter()
         cfg = TrainConfig(max_steps=self.trainer.max_steps)
+        if self.trainer.gpu:  # the GPU profile: 4-bit, LoRA on its targets (orchestrator/gpu.py)
+            from .gpu import trainer_config
+
+            cfg = trainer_config(self.config.gpu, cfg)
         r = burst(self.run_dir, self.archive.path, len(self.archive), self.backend, self.audit,
                   self.trainer.model_dir, cfg, self.config.gate, self.limits, self.trainer.gpu, iteration=rnd,
                   say=self.say)

@@ -1,5 +1,6 @@
 """`rsi run --gpu` on an engine without an NVIDIA runtime: one clear line, exit 2, nothing started."""
 
+import pytest
 from click.testing import CliRunner
 
 from orchestrator.cli import main
@@ -10,7 +11,8 @@ class PlainEngine:
         return {"Runtimes": {"runc": {"path": "runc"}}}
 
 
-def test_run_gpu_without_runtime_is_one_clear_error(tmp_path, monkeypatch):
+@pytest.mark.parametrize("mode", [[], ["--suite", "seed"]], ids=["loop", "rounds"])
+def test_run_gpu_without_runtime_is_one_clear_error(tmp_path, monkeypatch, mode):
     import orchestrator.sandbox
 
     monkeypatch.setattr(orchestrator.sandbox, "connect", lambda *a, **k: PlainEngine())
@@ -18,7 +20,7 @@ def test_run_gpu_without_runtime_is_one_clear_error(tmp_path, monkeypatch):
     replies.write_text("{}\n")
     run_dir = tmp_path / "run"
     result = CliRunner().invoke(main, ["run", "--gpu", "--backend", "replay", "--replies", str(replies),
-                                       "--run-dir", str(run_dir)])
+                                       "--run-dir", str(run_dir), *mode])
     assert result.exit_code == 2
     lines = [ln for ln in result.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and "no NVIDIA runtime" in lines[0] and "NVIDIA Container Toolkit" in lines[0]
