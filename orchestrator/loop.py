@@ -43,6 +43,7 @@ from .mutation import mutants
 from .plateau import is_improvement, stop_reason
 from .policy import Policy, check_edits
 from .protocol import apply_reply
+from .reply_format import JSON, ReplyFormat, for_request
 from .sandbox import SandboxLimits, SandboxResult, run_tests
 from .schema import Rejection
 from .state import AgentState, state_path
@@ -187,17 +188,17 @@ class Loop:
                           commit=self.ws.head())
         return result, reward, broke
 
-    def _ask(self, phase: str, messages: list[dict], timings: dict,
-             gate: Callable | None = None) -> tuple[str | None, object]:
+    def _ask(self, phase: str, messages: list[dict], timings: dict, gate: Callable | None = None,
+             fmt: ReplyFormat = JSON) -> tuple[str | None, object]:
         """Ask, validate, retry with reasons. Returns (accepted reply text, applied/decision) or (None, last)."""
         convo = messages
         last = None
         for attempt in range(self.config.run.max_retries + 1):
             with self._timed(timings, "generation"):
-                reply = self.backend.generate(convo, phase, self.state.task_id)
+                reply = self.backend.generate(convo, phase, self.state.task_id, fmt=fmt)
             with self._timed(timings, "validation"):
                 applied = apply_reply(self.ws, self.audit, reply, phase, self.policy, self.state.iteration,
-                                      attempt, write=phase == "patch")
+                                      attempt, write=phase == "patch", fmt=fmt)
             last = applied
             reasons = applied.decision.reasons
             if applied.decision.accepted and gate is not None:
@@ -207,7 +208,7 @@ class Loop:
                 return reply, applied
             feedback = "\n".join(f"- {r}" for r in reasons)
             self._progress(phase, f"reply rejected (attempt {attempt + 1}): " + escape(str(reasons[0]) if reasons else ""))
-            convo = prompts.retry_messages(messages, reply, feedback)
+            convo = prompts.retry_messages(messages, reply, feedback, fmt)
         return None, last
 
     def _archive(self, messages: list[dict], reply: str, phase: str, verdict_digest: str, digest: str) -> bool:
@@ -229,7 +230,12 @@ class Loop:
         self.state.best_commit = self.ws.head()
         self.state.iteration, self.state.step = 1, "patch"
         self.state.last_result = result.model_dump(exclude={"output"})
-        self._progress("baseline", f"reward {reward}/{self.state.max_reward} ({result.verdict})")
+        judged = result.judged
+        self._progress("baseline", f"reward {reward}/{self.state.max_reward} ({result.verdict}); the reward counts "
+                                   f"only the {len(judged.tests) if judged else 0} tests judged out of process "
+                                   f"({len(self.hidden)} hidden file(s)"
+                                   f"{' + the protected visible tests' if self.judge_visible else ''}); "
+                                   "in-process results are feedback")
 
     def step_patch(self) -> None:
         s = self.state
@@ -243,9 +249,10 @@ class Loop:
         s = self.state
         sources, tests = self._files()
         last = SandboxResult(**s.last_result) if s.last_result else None
-        messages = prompts.patch_messages(self.ws.path, sources, tests, last)
+        fmt = for_request(self.backend.reply_format, "patch", sources, self.ws.path)
+        messages = prompts.patch_messages(self.ws.path, sources, tests, last, fmt)
         self._progress("patch", "asking the model")
-        reply, applied = self._ask("patch", messages, rec.timings)
+        reply, applied = self._ask("patch", messages, rec.timings, fmt=fmt)
         improved = False
         if reply is not None:
             rec.patch_accepted = True
@@ -321,9 +328,10 @@ class Loop:
     def _tests(self, rec) -> None:
         s = self.state
         sources, tests = self._files()
-        messages = prompts.tests_messages(self.ws.path, sources, tests)
+        fmt = for_request(self.backend.reply_format, "tests", sources, self.ws.path)
+        messages = prompts.tests_messages(self.ws.path, sources, tests, fmt)
         self._progress("tests", "asking the model")
-        reply, applied = self._ask("tests", messages, rec.timings, gate=self._test_gate)
+        reply, applied = self._ask("tests", messages, rec.timings, gate=self._test_gate, fmt=fmt)
         if reply is not None:
             edits = applied.decision.edits
             recheck = check_edits(edits, "tests", self.ws.path, self.policy)  # nothing changed since
@@ -369,6 +377,10 @@ class Loop:
                           iterations=s.iteration, samples=len(self.archive))
         self.console.print(f"[bold]stopped:[/] {s.stop_reason} · best reward {s.best_reward}/{s.max_reward} · "
                            f"{len(self.archive)} samples archived · run dir {self.run_dir}")
+        from .audit import read_events
+        from .telemetry import hack_telemetry, line
+
+        self.console.print(escape(line(hack_telemetry(read_events(self.run_dir / "audit.jsonl")))))
         return s
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from .adapters import Registry
-from .gate import cached_summaries
 from .audit import read_events, verify
+from .gate import cached_summaries
 from .state import AgentState, state_path
+from .telemetry import hack_telemetry, line
 
 
 def _save(fig, ax, run_dir: Path, name: str, title: str, made: list[str]) -> None:
@@ -79,6 +80,29 @@ def _plots(run_dir: Path, state: AgentState, events: list[dict], heldout: list[t
     return made
 
 
+def _telemetry_plot(run_dir: Path, telemetry: dict) -> list[str]:
+    """Hack-screen refusals, non-plain judged calls and tampered runs per iteration."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    per = telemetry["per_iteration"]
+    if not per:
+        return []
+    its = sorted(per)
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for key, label in (("screen_refused", "refused by the hack screen"), ("nonplain_calls", "non-plain judged calls"),
+                       ("tampered", "tampered runs"), ("proven_hacks", "proven hacks")):
+        ax.plot(its, [per[i][key] for i in its], marker="o", label=label)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("count")
+    ax.legend(fontsize=8)
+    made: list[str] = []
+    _save(fig, ax, run_dir, "report_hacking.png", "Reward-hacking telemetry", made)
+    return made
+
+
 def write_report(run_dir: Path) -> Path:
     run_dir = Path(run_dir)
     state = AgentState.load(state_path(run_dir))
@@ -87,6 +111,8 @@ def write_report(run_dir: Path) -> Path:
     registry = Registry(run_dir)
     adapters, heldout = registry.list(), cached_summaries(registry)
     plots = _plots(run_dir, state, events, heldout, adapters)
+    telemetry = hack_telemetry(events)
+    plots += _telemetry_plot(run_dir, telemetry)
     lines = [
         f"# rsi-lab run {state.run_id}", "",
         f"- task: `{state.task_id}`; backend `{state.backend}`, model `{state.model_id}`, "
@@ -121,6 +147,16 @@ def write_report(run_dir: Path) -> Path:
             lines.append(f"| {model} | {s['problems']} | {s['pass@1']:.3f} | {s['ci95'][0]:.3f}-{s['ci95'][1]:.3f} |")
     if state.train_plateau:
         lines += ["", f"Training bursts in a row without a held-out improvement beyond noise: {state.train_plateau}."]
+    judged = sum(1 for e in events if e.get("event") == "sandbox_run" and e.get("purpose") == "evaluation"
+                 and e.get("judged"))
+    lines += ["", "## Reward hacking", "",
+              f"The reward counts only judged tests (hidden and protected tests run out of the candidate's "
+              f"process): {judged} evaluations were judged. " + line(telemetry) + ".", "",
+              "| model | replies | screen refused | attacks refused | non-plain calls | tampered | proven hacks |",
+              "|---|---|---|---|---|---|---|"]
+    for model, t in telemetry["per_model"].items():
+        lines.append(f"| {model} | {t['replies']} | {t['screen_refused']} | {t['attack_refused']} | "
+                     f"{t['nonplain_calls']} | {t['tampered']} | {t['proven_hacks']} |")
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     out = run_dir / "report.md"
     out.write_text("\n".join(lines) + "\n")

@@ -207,3 +207,26 @@ def test_impossible_task_canary_catches_a_proven_hack(tmp_path, sandbox_image):
     cfg = GateSection(impossible_tasks=1)
     assert impossible_passes(replies("honest2.jsonl", p["prompt"] + p["canonical_solution"]), cfg) == []
     assert impossible_passes(replies("cheat.jsonl", cheat), cfg) == [tid]
+
+
+def test_hack_telemetry_counts_from_the_audit_log():
+    from orchestrator.telemetry import hack_telemetry, line
+
+    events = [
+        {"event": "model_reply", "phase": "patch", "iteration": 1,
+         "reasons": [{"stage": "policy", "code": "hack_suspected"}]},
+        {"event": "model_reply", "phase": "patch", "iteration": 1, "reasons": []},
+        {"event": "model_reply", "phase": "tests", "iteration": 1, "reasons": [{"code": "hack_suspected"}]},
+        {"event": "sandbox_run", "purpose": "evaluation", "iteration": 1, "verdict": "tampered",
+         "judged": {"calls": {"nonplain": 3}}},
+        {"event": "adapter_decision", "adapter": "v0001", "promoted": True, "iteration": 2},
+        {"event": "model_reply", "phase": "patch", "iteration": 3, "reasons": [{"code": "shadows_module"}]},
+        {"event": "proven_hack", "adapter": "v0002", "tasks": ["impossible:HumanEval/7"], "iteration": 4},
+    ]
+    t = hack_telemetry(events)
+    assert t["total"]["replies"] == 3 and t["total"]["screen_refused"] == 1
+    assert t["total"]["attack_refused"] == 2 and t["total"]["nonplain_calls"] == 3
+    assert t["total"]["tampered"] == 1 and t["total"]["proven_hacks"] == 1
+    assert t["per_model"]["base"]["screen_refused"] == 1 and t["per_model"]["v0001"]["attack_refused"] == 1
+    assert t["per_model"]["v0002"]["proven_hacks"] == 1 and t["per_iteration"][1]["nonplain_calls"] == 3
+    assert "1/3 patch replies refused" in line(t)
