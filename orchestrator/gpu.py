@@ -26,6 +26,7 @@ This module builds the configuration, the vLLM GPU command line (venv) or contai
 from __future__ import annotations
 
 import json
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,8 +83,12 @@ def resolve(flag: bool | None, section: GpuSection, connect=None) -> bool:
     """Whether the GPU profile is on. ``flag``: --gpu (True) / --no-gpu (False) / not given (None).
 
     Asked for explicitly (flag or ``enabled = "on"``) without an NVIDIA runtime: ``GpuProfileError``.
-    ``auto`` never fails: no Docker, no runtime -> off (the CPU path, unchanged)."""
-    wanted = flag if flag is not None else {"on": True, "off": False}.get(section.enabled)
+    ``auto`` never fails: no Docker, no runtime -> off (the CPU path, unchanged). ``RSI_GPU``
+    (auto/on/off) in the environment overrides ``enabled`` (the test suite sets it to off)."""
+    enabled = os.environ.get("RSI_GPU") or section.enabled  # the environment overrides [gpu] enabled
+    if enabled not in ("auto", "on", "off"):
+        raise GpuProfileError(f"RSI_GPU must be auto, on or off, not {enabled!r}")
+    wanted = flag if flag is not None else {"on": True, "off": False}.get(enabled)
     if wanted is False:
         return False
     if connect is None:

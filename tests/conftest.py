@@ -7,6 +7,8 @@ import pytest
 # The test suite runs on the small, fast embedded model whatever [model] embedded says
 # (orchestrator/embedded_model.py); a test that needs another one names it.
 os.environ.setdefault("RSI_EMBEDDED_MODEL", "smollm2-135m")
+# ... and on the CPU path even on a GPU workstation (`make test` never needs a GPU; orchestrator/gpu.py)
+os.environ.setdefault("RSI_GPU", "off")
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,11 @@ class FakeClient:
         return {"Runtimes": self.runtimes}
 
 
+@pytest.fixture(autouse=True)
+def no_gpu_override(monkeypatch):
+    monkeypatch.delenv("RSI_GPU", raising=False)  # conftest sets it to off for the rest of the suite
+
+
 NVIDIA = {"runc": {"path": "runc"}, "nvidia": {"path": "nvidia-container-runtime"}}
 PLAIN = {"runc": {"path": "runc"}, "io.containerd.runc.v2": {"path": "runc"}}
 
@@ -444,3 +449,15 @@ def test_sleep_mode_wraps_only_the_trainer_in_a_burst(tmp_path, monkeypatch):
     plain = VLLMBackend("http://127.0.0.1:9/v1", "vllm/m")
     gpu.configure_backend(plain, GpuSection(), "some/model")
     assert getattr(plain, "training_memory", None) is None  # fraction mode: nothing around the trainer
+
+
+def test_environment_overrides_enabled(monkeypatch):
+    monkeypatch.setenv("RSI_GPU", "off")  # what the test suite runs with, GPU workstation or not
+    assert gpu.resolve(None, GpuSection(), connect=lambda: FakeClient(NVIDIA)) is False
+    assert gpu.resolve(True, GpuSection(), connect=lambda: FakeClient(NVIDIA)) is True  # --gpu still wins
+    monkeypatch.setenv("RSI_GPU", "on")
+    with pytest.raises(GpuProfileError, match="no NVIDIA runtime"):
+        gpu.resolve(None, GpuSection(enabled="off"), connect=lambda: FakeClient(PLAIN))
+    monkeypatch.setenv("RSI_GPU", "yes")
+    with pytest.raises(GpuProfileError, match="auto, on or off"):
+        gpu.resolve(None, GpuSection(), connect=lambda: FakeClient(PLAIN))
