@@ -252,6 +252,18 @@ def memory_plan(section: GpuSection, total_gib: float, needs: dict | None = None
     return plan
 
 
+def card_memory_gib() -> float | None:
+    """The smallest GPU's memory on this host (``nvidia-smi``), or None where it cannot be read."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=30, check=True).stdout.split()
+        return min(float(x) for x in out) / 1024 if out else None
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+
+
 @contextmanager
 def server_asleep(root_url: str, section: GpuSection, session=None, timeout_s: float = 300):
     """Around a training burst in ``sleep`` mode: POST /sleep?level=1, then /wake_up (also on errors).
@@ -414,6 +426,11 @@ def activate(config, flag: bool | None, adapters_dir: Path, connect=None, say=pr
     if not on:
         return None
     model_dir = resolve_model(section)
+    total = card_memory_gib()
+    if total and section.model in VRAM_GIB:  # before anything starts: both fit the card in this mode
+        plan = memory_plan(section, total)
+        say(f"GPU profile: {section.model} on a {total:.0f} GiB card, memory = {section.memory}: vLLM "
+            f"{plan.server_gib:.0f} GiB, trainer up to {plan.trainer_gib:.0f} GiB")
     apply(config, model_dir)
     kind = section.server
     client = None

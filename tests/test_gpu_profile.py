@@ -373,8 +373,17 @@ def test_activate_on_with_a_venv_server(tmp_path, monkeypatch):
         gpu.activate(config, True, tmp_path, connect=lambda: FakeClient(NVIDIA))
     python.parent.mkdir(parents=True)
     python.write_text("")
+    monkeypatch.setattr(gpu, "card_memory_gib", lambda: 24.0)
+    config.gpu.model = "unsloth/gpt-oss-20b"
+    monkeypatch.setattr(gpu, "resolve_model", lambda section: model)
+    with pytest.raises(GpuProfileError, match='memory = "sleep"'):  # checked before anything starts
+        gpu.activate(config, True, tmp_path, connect=lambda: FakeClient(NVIDIA))
+    monkeypatch.setattr(gpu, "card_memory_gib", lambda: 80.0)
     monkeypatch.setenv("RSI_VLLM_PYTHON", "restored-after-the-test")
-    assert gpu.activate(config, True, tmp_path, connect=lambda: FakeClient(NVIDIA)) is None
+    said = []
+    assert gpu.activate(config, True, tmp_path, connect=lambda: FakeClient(NVIDIA), say=said.append) is None
+    assert said == ["GPU profile: unsloth/gpt-oss-20b on a 80 GiB card, memory = fraction: vLLM 40 GiB, "
+                    "trainer up to 38 GiB"]
     import os
 
     assert os.environ["RSI_VLLM_PYTHON"] == str(python)
