@@ -304,6 +304,21 @@ def trainer_config(section: GpuSection, base=None):
                                    "max_length": max(base.max_length, 2048), "load_in_4bit": None, "optim": None})
 
 
+_GPU_FLAGS_WITH_VALUE = ("--gpu-memory-utilization", "--max-num-seqs", "--dtype")
+
+
+def _without_gpu_args(args: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a in _GPU_FLAGS_WITH_VALUE:
+            skip = True
+        elif a != "--enable-sleep-mode":
+            out.append(a)
+    return out
+
+
 def apply(config, model_dir: Path) -> None:
     """Point a RunConfig's engine at the GPU server for ``model_dir`` (the vllm backend)."""
     section = config.gpu
@@ -311,8 +326,7 @@ def apply(config, model_dir: Path) -> None:
     e.model = str(model_dir)
     e.max_model_len = section.max_model_len
     e.max_lora_rank = section.max_lora_rank
-    if "--gpu-memory-utilization" not in e.extra_args:  # applied once (a resumed run keeps its config)
-        e.extra_args = [*vllm_gpu_args(section), *e.extra_args]
+    e.extra_args = [*vllm_gpu_args(section), *_without_gpu_args(e.extra_args)]  # again on resume: no duplicates
     config.run.backend = "vllm"
 
 
@@ -449,6 +463,8 @@ def activate(config, flag: bool | None, adapters_dir: Path, connect=None, say=pr
         raise GpuProfileError(f"no vLLM for the GPU: the image {section.vllm_image} cannot be pulled and {python} "
                               "does not exist (run `make vllm-gpu`, or set [gpu] vllm_python)")
     os.environ["RSI_VLLM_PYTHON"] = str(python)  # the managed engine's interpreter (orchestrator/engine.py)
+    for key, value in server_env(section).items():  # the engine passes this process's environment on
+        os.environ.setdefault(key, value)
     return None
 
 

@@ -159,11 +159,12 @@ def test_apply_points_the_engine_at_the_gpu_server(tmp_path):
 
     config = RunConfig.load()
     assert config.gpu.enabled == "auto" and config.gpu.model == "unsloth/gpt-oss-20b"
+    config.engine.extra_args = ["--enforce-eager"]  # the user's own flags stay
     gpu.apply(config, tmp_path)
     gpu.apply(config, tmp_path)  # idempotent (a resumed run)
     assert config.run.backend == "vllm" and config.engine.model == str(tmp_path)
     assert config.engine.extra_args.count("--gpu-memory-utilization") == 1
-    assert config.engine.max_model_len == 8192
+    assert config.engine.extra_args[-1] == "--enforce-eager" and config.engine.max_model_len == 8192
 
 
 def test_missing_model_names_the_command(monkeypatch, tmp_path):
@@ -387,6 +388,12 @@ def test_activate_on_with_a_venv_server(tmp_path, monkeypatch):
     import os
 
     assert os.environ["RSI_VLLM_PYTHON"] == str(python)
+    monkeypatch.delenv("VLLM_SERVER_DEV_MODE", raising=False)
+    config.gpu.memory, config.gpu.gpu_memory_utilization = "sleep", 0.9
+    gpu.activate(config, True, tmp_path, connect=lambda: FakeClient(NVIDIA), say=said.append)
+    assert os.environ["VLLM_SERVER_DEV_MODE"] == "1"  # /sleep and /wake_up on the venv server
+    assert "--enable-sleep-mode" in config.engine.extra_args
+    assert config.engine.extra_args.count("--gpu-memory-utilization") == 1 and "0.9" in config.engine.extra_args
     assert config.gpu.enabled == "on" and config.run.backend == "vllm" and config.engine.model == str(model)
     assert "--gpu-memory-utilization" in config.engine.extra_args
 
