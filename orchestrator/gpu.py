@@ -347,9 +347,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
-
 
 # --- the vLLM server in its container (server = "image") --------------------------------------------
 
@@ -487,3 +484,7 @@ def configure_backend(backend, section: GpuSection, model: str | Path) -> None:
         backend.reply_of = gpt_oss_reply
     if section.memory == "sleep":  # training.burst wraps the trainer in this
         backend.training_memory = lambda: server_asleep(backend.root_url, section)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
