@@ -15,7 +15,7 @@ import pytest
 from orchestrator.sandbox import LABEL, LABEL_HOST, LABEL_PID, parse_report, run_tests, sweep_leftovers
 from orchestrator.sandbox_runner.supervisor import expected_tests, frame
 from tests.conftest import write_tree
-from tests.hostile_cases import BUGGY, CASES, ws
+from tests.hostile_cases import BUGGY, CASES, SHADOWS, ws
 
 RSI = [sys.executable, "-m", "orchestrator.cli"]
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,7 +85,8 @@ def test_cli_exit_2_when_image_missing(tmp_path, sandbox_image, tmp_path_factory
 
 
 @pytest.mark.docker
-@pytest.mark.parametrize("case,code", [("control_pass", 0), ("control_fail", 1), ("hack_os_exit_at_import", 1)])
+@pytest.mark.parametrize("case,code", [("control_pass", 0), ("control_fail", 1), ("hack_os_exit_at_import", 1)]
+                         + [(name, 1) for name in sorted(SHADOWS)])
 def test_image_runs_standalone(case, code, tmp_path, docker_client, sandbox_image):
     """The documented CI usage: docker run --rm -v "$PWD:/workspace:ro" IMAGE."""
     workspace = write_tree(tmp_path / "ws", CASES[case][0])
@@ -99,7 +100,44 @@ def test_image_runs_standalone(case, code, tmp_path, docker_client, sandbox_imag
     finally:
         container.remove(force=True)
     assert status == code
-    assert report["verdict"] == CASES[case][1]
+    expected = CASES[case][1]
+    assert report["verdict"] in ((expected,) if isinstance(expected, str) else expected), report
+
+
+def _deep_tree(root: Path, depth: int, name: str) -> None:
+    """Create ``depth`` nested directories below root one step at a time (paths past PATH_MAX)."""
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        for _ in range(depth):
+            os.mkdir(name, dir_fd=fd)
+            nxt = os.open(name, os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+        with open(os.open("test_deep.py", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd), "w") as fh:
+            fh.write("def test_deep():\n    pass\n")
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("depth,name", [(1100, "d"), (16, "n" * 254)], ids=["1100-nested", "long-names"])
+def test_cli_unstageable_workspace_is_a_verdict_not_a_traceback(depth, name, tmp_path, sandbox_image):
+    workspace = write_tree(tmp_path / "ws", CASES["control_pass"][0])
+    _deep_tree(workspace, depth, name)
+    out = subprocess.run(RSI + ["sandbox", "run", str(workspace), "--json"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert "Traceback" not in out.stderr, out.stderr[-2000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert out.returncode == 1 and report["verdict"] == "error", report
+    assert "stage" in report["reasons"][0] or "deeper" in report["reasons"][0]
+
+
+@pytest.mark.docker
+def test_cli_human_output_escapes_control_characters(tmp_path, sandbox_image):
+    workspace = write_tree(tmp_path / "ws", CASES["hostile_ansi_ids"][0])
+    out = subprocess.run(RSI + ["sandbox", "run", str(workspace)], cwd=ROOT, capture_output=True, timeout=300)
+    assert out.returncode == 1 and b"\x1b[2K" not in out.stdout and b"\x1b[1A" not in out.stdout
+    assert out.stdout.startswith(b"FAIL") or b"FAIL" in out.stdout
 
 
 @pytest.mark.docker
@@ -131,8 +169,10 @@ def test_ctrl_c_removes_the_container(tmp_path, sandbox_image, docker_client):
     deadline = time.time() + 30
     while time.time() < deadline and not docker_client.containers.list(filters={"label": label}):
         time.sleep(0.1)
-    assert docker_client.containers.list(filters={"label": label}), "the sandbox never started"
-    time.sleep(0.5)
+    (container,) = docker_client.containers.list(filters={"label": label})
+    while time.time() < deadline and not container.attrs["State"].get("Running"):
+        container.reload()  # the CLI is waiting on a running container: interrupt it now
+    assert container.attrs["State"].get("Running"), "the sandbox never ran"
     proc.send_signal(signal.SIGINT)
     try:  # well before the sandbox's own 60 s timeout, so a swallowed Ctrl-C cannot pass
         _, err = proc.communicate(timeout=50)
