@@ -81,6 +81,20 @@ def machine() -> dict:
     }
 
 
+def git_state() -> dict | None:
+    """The commit measured, and how many paths differed from it (others may be editing the tree)."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, check=True).stdout.splitlines()
+        return {"commit": head, "modified_tracked_paths": len(dirty)}
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
 def command() -> str:
     exe = os.path.relpath(sys.executable, ROOT) if sys.executable.startswith(str(ROOT)) else sys.executable
     script = os.path.relpath(os.path.abspath(sys.argv[0]), ROOT)
@@ -95,7 +109,7 @@ class Recorder:
         self.started = datetime.datetime.now(datetime.timezone.utc)
         self.meta = {"benchmark": name, "script": f"bench/{Path(sys.argv[0]).name}", "command": command(),
                      "date_utc": self.started.strftime("%Y-%m-%dT%H:%M:%SZ"), "machine": machine(),
-                     "host_packages": packages()}
+                     "host_packages": packages(), "git": git_state()}
 
     def write(self, results: dict, out: Path | None = None) -> Path:
         path = Path(out) if out else RESULTS / f"{self.name}.json"
