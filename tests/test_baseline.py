@@ -131,3 +131,15 @@ def test_skip_mode_from_env():
     assert skip_mode_from_env({"RSI_SKIPS": "Strict"}) == "strict"
     with pytest.raises(ValueError):
         skip_mode_from_env({"RSI_SKIPS": "yes"})
+
+
+def test_xfail_reason_ignores_object_addresses_and_the_traceback_body():
+    def xf(addr, body):
+        return {"tests/test_a.py::test_ok": ("passed", ""),
+                "tests/test_a.py::test_x": ("xfailed", f"self = <T object at {addr}>\n{body}\n>   C(1).x = 2\n"
+                                                        f"E   attr.exceptions.FrozenAttributeError at {addr}")}
+    base = _report(xf("0x7f89cea43b50", "line a"))
+    assert rebase(_report(xf("0x7f00deadbeef", "line b")), base)["verdict"] == "pass"
+    other = {"tests/test_a.py::test_ok": ("passed", ""),
+             "tests/test_a.py::test_x": ("xfailed", "E   ValueError: something else")}
+    assert rebase(_report(other), base)["verdict"] == "fail"

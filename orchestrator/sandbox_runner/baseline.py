@@ -42,6 +42,20 @@ def default_protected(path: str) -> bool:
     return any(p in PROTECTED_DIRS for p in parts[:-1])
 
 
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]+")
+
+
+def reason(test: dict) -> str:
+    """What "the same reason" compares. A skip's message is pytest's ``(file, line, reason)``;
+    an xfail's is its whole traceback, so only its exception lines (``E ...``) count. Object
+    addresses (``0x7f...``), which change from run to run, are blanked."""
+    message = str(test.get("message") or "")
+    if test.get("outcome") == "xfailed":
+        lines = [line.strip() for line in message.splitlines() if line.startswith("E ")]
+        message = "\n".join(lines) if lines else message.strip().splitlines()[-1:][0] if message.strip() else ""
+    return _ADDRESS.sub("0x?", message)
+
+
 def _file_of(nodeid: str) -> str:
     return nodeid.split("::", 1)[0]
 
@@ -82,7 +96,7 @@ def rebase(report: dict, baseline: dict, protected=default_protected) -> dict:
     excused, unexcused = [], []
     for nodeid, t in _skipped(run_tests).items():
         b = base_skips.get(nodeid)
-        if (b is not None and b.get("outcome") == t.get("outcome") and b.get("message", "") == t.get("message", "")
+        if (b is not None and b.get("outcome") == t.get("outcome") and reason(b) == reason(t)
                 and protected(_file_of(nodeid))):
             excused.append(nodeid)
         else:
