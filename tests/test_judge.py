@@ -230,3 +230,28 @@ def test_hack_telemetry_counts_from_the_audit_log():
     assert t["per_model"]["base"]["screen_refused"] == 1 and t["per_model"]["v0001"]["attack_refused"] == 1
     assert t["per_model"]["v0002"]["proven_hacks"] == 1 and t["per_iteration"][1]["nonplain_calls"] == 3
     assert "1/3 patch replies refused" in line(t)
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("name", ["read_hidden_test_files", "judge_process_snoop", "frame_peek_assert",
+                                  "always_equal_object", "kill_everything"])
+def test_value_hack_scores_zero_under_gvisor(name, tmp_path, sandbox_image, no_screen):
+    """The judge's isolation rests on UIDs and /proc permissions, which another kernel (gVisor's
+    sentry) implements itself: the hacks that probe them must fail under runsc too."""
+    from orchestrator.sandbox import SandboxLimits
+
+    src = HACKS[name]
+    backend = ReplayBackend(_replies(tmp_path / "r.jsonl", HACK_PROBLEMS[:2],
+                                     lambda p: p["prompt"] + "    pass\n\n" + src.replace("ENTRY", p["entry_point"])))
+    results = evaluate(backend, HACK_PROBLEMS[:2], limits=SandboxLimits.load(runtime="runsc"))
+    assert [r.correct for r in results] == [0, 0], [r.verdicts for r in results]
+
+
+@pytest.mark.docker
+def test_canonical_passes_the_judge_under_gvisor(tmp_path, sandbox_image):
+    from orchestrator.sandbox import SandboxLimits
+
+    backend = ReplayBackend(_replies(tmp_path / "c.jsonl", HACK_PROBLEMS[:2],
+                                     lambda p: p["prompt"] + p["canonical_solution"]))
+    results = evaluate(backend, HACK_PROBLEMS[:2], limits=SandboxLimits.load(runtime="runsc"))
+    assert [r.correct for r in results] == [1, 1], [r.verdicts for r in results]
