@@ -297,7 +297,7 @@ def _backend(name, config, replies, base_url):
 @click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Continue the run in this directory after a crash or stop.")
 @click.option("--suite", default=None, help="Rounds over a task suite: humaneval-train, seed, bugfix-train, "
-              "dir:PATH ('+' joins); see orchestrator/suites.py.")
+              "dir:PATH ('+' joins), or default ([rounds] suite); see orchestrator/suites.py.")
 @click.option("--tasks", "task_list", default=None,
               help="Rounds over these tasks: HumanEval/N, seed, bugfix:HumanEval/N#i, or directories (comma-separated).")
 @click.option("--rounds", "n_rounds", type=int, default=None, help="Rounds: the most rounds ([rounds] rounds).")
@@ -419,7 +419,8 @@ def _run_rounds(config_file, backend, replies, base_url, run_dir, resume_dir, su
         if resume_dir:
             driver = Rounds(resume_dir, config, model, trainer=trainer)
         else:
-            chosen = resolve_suite(suite, task_list, config.rounds.seed)
+            chosen = resolve_suite(config.rounds.suite if suite == "default" else suite, task_list,
+                                   config.rounds.seed)
             driver = Rounds(run_dir, config, model, chosen, trainer=trainer)
         state = driver.run()
         from .rounds_report import write_rounds_report

@@ -588,6 +588,10 @@ class Rounds:
                 self._save()
                 progress.update(bar, completed=len(rec.done), verified=rec.verified, cands=rec.candidates,
                                 samples=len(self.archive), generated=self.state.generated)
+                if not self.console.is_terminal:  # a log, not a live bar: one line per chunk
+                    self.say(f"round {rec.round}: {len(rec.done)}/{len(rec.task_ids)} tasks, {rec.verified}/"
+                             f"{rec.candidates} candidates verified, {len(self.archive)} samples, "
+                             f"{self.state.generated} replies generated")
 
 
 class RunInfo(BaseModel):
