@@ -33,19 +33,26 @@ def elapsed() -> float:
 
 
 class Results:
-    def __init__(self, path: Path, command: str):
-        self.path, self.data = path, {"command": command, "machine": trainer_gpu.machine(), "steps": {}}
-        self.save()
+    """OUT/gpu_check.json in bench/results_io's format (script, command, date, machine; the GPU in
+    ``gpu``), rewritten after every step: copy it to bench/results/gpu_check.json to quote it."""
+
+    def __init__(self, path: Path):
+        from results_io import Recorder
+
+        self.path, self.recorder = path, Recorder("gpu_check")
+        self.data = {"gpu": {}, "steps": {}}
 
     def put(self, key: str, value) -> None:
-        self.data["steps"][key] = value
-        self.data["elapsed_s"] = round(elapsed(), 1)
+        if key == "gpu":
+            self.data["gpu"] = value
+        else:
+            self.data["steps"][key] = value
         self.save()
         print(f"gpu-check: {key}: {json.dumps(value)[:600]}", flush=True)
 
     def save(self) -> None:
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=2))
+        self.recorder.write(self.data, out=tmp)
         os.replace(tmp, self.path)
 
 
@@ -140,8 +147,8 @@ def main() -> int:
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
-    results = Results(args.out / "gpu_check.json", " ".join(["python"] + sys.argv))
-    results.put("gpu", gpu_info())
+    results = Results(args.out / "gpu_check.json")
+    results.put("gpu", gpu_info() | trainer_gpu.machine())
 
     def left() -> float:
         return args.budget_s - elapsed()
@@ -163,14 +170,14 @@ def main() -> int:
             results.put(key, {"skipped": f"time budget ({left():.0f} s left, needs ~{need} s)"})
             continue
         cmd = [sys.executable, bench, "--arch", arch, "--data", data, "--arm", arm, "--out", str(args.work / "bench"),
-               "--arm-timeout", str(int(max(30, left() - 10) / (2 if arm == "both" else 1)))]
+               "--deadline", f"{time.time() + left() - 5:.0f}"]
         if packing:
             cmd += ["--packing", packing]
         if args.smoke:
             cmd.append("--smoke")
         t0 = time.monotonic()
         try:
-            proc = subprocess.run(cmd, timeout=max(30, left()))
+            proc = subprocess.run(cmd, timeout=max(30, left() + 10))  # pairs end their arms by the deadline
             rc = proc.returncode
         except subprocess.TimeoutExpired:
             rc = "timeout"

@@ -12,7 +12,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/rsi-gpu-check-out}
 PYTHON=${PYTHON:-python3}
-BUDGET_S=${BUDGET_S:-440}
+BUDGET_S=${BUDGET_S:-430}
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/gpu_check.log") 2>&1
 echo "gpu-check: $(date -u +%FT%TZ) $(uname -n)"

@@ -257,7 +257,14 @@ def run_pair(args, work: Path) -> dict:
         if args.packing is not None:
             cmd += ["--packing", args.packing]
         start = time.monotonic()
-        proc = subprocess.run(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"}, timeout=args.arm_timeout)
+        timeout = args.arm_timeout
+        if args.deadline:  # what is left of the caller's budget, for this arm
+            timeout = max(1.0, args.deadline - time.time())
+        try:
+            proc = subprocess.run(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"}, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            results[arm] = {"arm": arm, "error": f"timed out after {timeout:.0f} s"}
+            continue
         if proc.returncode != 0:
             results[arm] = {"arm": arm, "error": f"exit {proc.returncode}"}
             continue
@@ -291,6 +298,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=4)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--arm-timeout", type=float, default=None, help="seconds per arm process")
+    ap.add_argument("--deadline", type=float, default=None, help="unix time by which each arm must end")
     ap.add_argument("--smoke", action="store_true", help="CPU mechanics check: tiny model, no 4-bit, 2+1 steps")
     args = ap.parse_args()
     if args.smoke:
