@@ -255,3 +255,29 @@ def test_canonical_passes_the_judge_under_gvisor(tmp_path, sandbox_image):
                                      lambda p: p["prompt"] + p["canonical_solution"]))
     results = evaluate(backend, HACK_PROBLEMS[:2], limits=SandboxLimits.load(runtime="runsc"))
     assert [r.correct for r in results] == [1, 1], [r.verdicts for r in results]
+
+
+@pytest.mark.docker
+def test_loop_survives_hostile_output_and_records_it(tmp_path, sandbox_image, no_screen):
+    """Issue 17's hostile outputs reach the loop as verdicts: the run goes on, records them in the
+    audit log, keeps nothing and archives nothing."""
+    from orchestrator.config import RunConfig
+    from orchestrator.loop import Loop
+    from orchestrator.tasks import seed_task
+    from tests.hostile_cases import BUGGY, CASES
+
+    hostile = [CASES["hostile_nested_json"][0]["example.py"], CASES["tamper_reporter_globals"][0]["example.py"],
+               BUGGY + "import os\nos._exit(0)\n"]
+    replies = tmp_path / "replies.jsonl"
+    replies.write_text("".join(json.dumps({"phase": "patch", "reply": json.dumps(
+        {"rationale": "r", "edits": [{"path": "example.py", "content": src + "\n\ndef is_even(n):\n    return True\n"}]})})
+        + "\n" + json.dumps({"phase": "tests", "reply": "{}"}) + "\n" for src in hostile))
+    cfg = RunConfig.load()
+    cfg.run.backend, cfg.run.train_every, cfg.run.max_iterations = "replay", 0, 3
+    cfg.run.stop_when_solved, cfg.run.plateau_patience, cfg.run.max_retries = False, 0, 0
+    run_dir = tmp_path / "run"
+    state = Loop(run_dir, cfg, ReplayBackend(replies), task=seed_task()).run()
+    assert state.best_reward == 0 and state.samples == 0
+    events = [json.loads(line) for line in (run_dir / "audit.jsonl").read_text().splitlines()]
+    verdicts = [e["verdict"] for e in events if e.get("event") == "sandbox_run" and e.get("purpose") == "evaluation"]
+    assert len(verdicts) == 4 and verdicts[1:] == ["tampered", "error", "tampered"], verdicts
