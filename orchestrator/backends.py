@@ -281,7 +281,7 @@ class VLLMBackend(OpenAIBackend):
             body["response_format"] = self._response_format(phase)
         if seed is not None:
             body["seed"] = seed
-        out = self._chat(body | self.request_options)
+        out = self._chat({k: v for k, v in (body | self.request_options).items() if v is not None})  # None: drop
         try:
             return [self.reply_of(c["message"]) for c in sorted(out["choices"], key=lambda c: c["index"])]
         except (KeyError, TypeError) as exc:

@@ -289,8 +289,15 @@ def server_asleep(root_url: str, section: GpuSection, session=None, timeout_s: f
 # --- requests and training for the profile ----------------------------------------------------------
 
 def request_options(section: GpuSection, model: str | Path) -> dict:
-    """Extra chat-completions fields for the served model: gpt-oss's reasoning effort."""
-    return {"reasoning_effort": section.reasoning_effort} if is_gpt_oss(model) else {}
+    """Extra chat-completions fields for the served model: gpt-oss's reasoning effort, and no
+    ``response_format`` (None: the backend drops the field) unless ``structured_output`` is on: whether
+    vLLM's grammar and harmony's channels work together is not measured, so the reply is parsed."""
+    if not is_gpt_oss(model):
+        return {}
+    options = {"reasoning_effort": section.reasoning_effort}
+    if not section.structured_output:
+        options["response_format"] = None
+    return options
 
 
 def trainer_config(section: GpuSection, base=None):

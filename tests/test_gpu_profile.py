@@ -141,7 +141,9 @@ def test_sleep_mode_wraps_a_burst_and_always_wakes():
 def test_gpt_oss_request_options_and_detection(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt_oss"}))
     assert gpu.is_gpt_oss(tmp_path) and gpu.is_gpt_oss("unsloth/gpt-oss-20b")
-    assert gpu.request_options(GpuSection(reasoning_effort="medium"), tmp_path) == {"reasoning_effort": "medium"}
+    assert gpu.request_options(GpuSection(reasoning_effort="medium"), tmp_path) == {"reasoning_effort": "medium",
+                                                                                   "response_format": None}
+    assert gpu.request_options(GpuSection(structured_output=True), tmp_path) == {"reasoning_effort": "low"}
     assert gpu.request_options(GpuSection(), "HuggingFaceTB/SmolLM2-135M-Instruct") == {}
 
 
@@ -423,7 +425,7 @@ def test_vllm_backend_takes_gpt_oss_replies_from_the_final_channel(tmp_path):
     backend._chat = chat
     gpu.configure_backend(backend, GpuSection(reasoning_effort="high"), tmp_path)
     assert backend.generate_many([{"role": "user", "content": "fix"}], "patch", n=2) == [reply, ""]
-    assert sent[0]["reasoning_effort"] == "high"
+    assert sent[0]["reasoning_effort"] == "high" and "response_format" not in sent[0]  # parsed, not constrained
     plain = VLLMBackend("http://127.0.0.1:9/v1", "vllm/SmolLM2")
     gpu.configure_backend(plain, GpuSection(), "HuggingFaceTB/SmolLM2-135M-Instruct")
     plain._chat = chat
