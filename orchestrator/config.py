@@ -93,6 +93,7 @@ class RoundsSection(BaseModel):
     train: bool = True               # a training burst (and the gate) after each round
     train_steps: int = Field(30, ge=1)
     tests_phase: bool = False        # edge-case tests for each solved task, kept when they kill a mutant
+    shuffle: bool = True             # draw tasks in a seeded random order (False: the suite's order)
 
 
 class RunConfig(BaseModel):

@@ -309,9 +309,10 @@ class Rounds:
 
     # ----- step: draw -----
     def draw(self, rnd: int) -> RoundRecord:
-        ids = [t.id for t in self.suite.tasks]
-        order = sorted(ids)
-        random.Random(_seed(self.rc.seed, "order", self.suite.name)).shuffle(order)
+        order = [t.id for t in self.suite.tasks]
+        if self.rc.shuffle:
+            order = sorted(order)
+            random.Random(_seed(self.rc.seed, "order", self.suite.name)).shuffle(order)
         n = min(self.rc.tasks_per_round, len(order))
         start = (rnd - 1) * n
         return RoundRecord(round=rnd, task_ids=[order[(start + i) % len(order)] for i in range(n)])
