@@ -12,7 +12,8 @@ Shapes covered:
   ``filterwarnings = error`` and ``--strict-config``; dependency group ``test``
 - attrs 24.2.0: src/ layout, a root ``conftest.py`` importing hypothesis, test extras (hypothesis,
   pympler, cloudpickle, mypy...) with a self-referencing extra, package metadata read by its tests
-- packaging 24.1: src/ layout, ``tests/requirements.txt`` (pretend), platform-conditional skips
+- cachetools 5.5.0: src/ layout declared in setup.cfg (``package_dir = =src``), unittest-style
+  tests, no dependency at all (the derived image only records its import root)
 - jaraco.functools 4.0.2: a namespace package (``jaraco/`` without ``__init__.py``), doctests
   (``--doctest-modules``), ``--import-mode importlib``, a conftest.py, test extras
 
@@ -21,7 +22,14 @@ DEPENDS ON THE LEAD'S WIRING (marked ``WIRING`` below):
   reports themselves (the same function), so they hold either way;
 - ``RSI_PYTHONPATH`` (set by the derived image) put on the pytest child's ``PYTHONPATH`` by the
   supervisor: without it, src layouts and importlib-mode projects cannot import their own code;
-  those cases are expected failures (``xfail``, strict) until the supervisor reads it.
+- the project's ``testpaths`` honoured by the supervisor (pytest run without the explicit
+  ``/workspace`` argument, and the AST scan of expected tests limited to those paths): attrs keeps
+  benchmarks in ``bench/`` that need pytest-codspeed's marker and are outside its ``testpaths``.
+Until the supervisor does these, the cases that need them are expected failures (``xfail``).
+
+attrs 24.2.0 has one genuine failure on CPython 3.11 (``KNOWN``: it fails the same way on the host,
+with pytest 7.2.1 and 9.2.0), so its untouched run must grade ``fail`` with exactly that test failing;
+the injected bug must add failures.
 """
 
 from __future__ import annotations
@@ -44,6 +52,8 @@ pytestmark = pytest.mark.docker
 CACHE = Path(__file__).resolve().parent / "corpus_cache"
 # WIRING: the supervisor reads RSI_PYTHONPATH (the derived image's import roots).
 PYTHONPATH_WIRED = "RSI_PYTHONPATH" in inspect.getsource(supervisor)
+# WIRING: the supervisor runs pytest on the project's testpaths.
+TESTPATHS_WIRED = "testpaths" in inspect.getsource(supervisor)
 # WIRING: run_tests judges against a baseline itself.
 BASELINE_WIRED = "baseline" in inspect.signature(run_tests).parameters
 
@@ -54,6 +64,8 @@ class Project:
     bug: tuple[str, str, str]  # (file, original text, buggy text): one injected bug
     needs_pythonpath: bool  # imports its own code only through RSI_PYTHONPATH
     timeout_s: float = 240
+    needs_testpaths: bool = False  # collects files outside its testpaths otherwise
+    known_failures: tuple[str, ...] = ()  # fail on the host too: upstream, not the sandbox
 
 
 PROJECTS = {
@@ -64,10 +76,14 @@ PROJECTS = {
                                      "    return next(iter(seq[1:]))\n"), False),
     "attrs": Project("attrs-24.2.0", (
         "src/attr/filters.py", "value.__class__ in cls\n            or attribute.name in names",
-        "value.__class__ not in cls\n            or attribute.name in names"), True, 420),
-    "packaging": Project("packaging-24.1", (
-        "src/packaging/utils.py", '_canonicalize_regex.sub("-", name).lower()',
-        '_canonicalize_regex.sub("_", name).lower()'), True),
+        "value.__class__ not in cls\n            or attribute.name in names"), True, 480, True,
+        ("tests/test_converters.py::TestPipe::test_wrapped_annotation",)),
+    "cachetools": Project("cachetools-5.5.0", (
+        "src/cachetools/__init__.py",
+        "            return (key, self.pop(key))\n\n    def __update(self, key):\n        try:\n"
+        "            self.__order.move_to_end(key)\n",
+        "            return (key, self.pop(key))\n\n    def __update(self, key):\n        try:\n"
+        "            self.__order.move_to_end(key, last=False)\n"), True),
     "jaraco.functools": Project("jaraco_functools-4.0.2", (
         "jaraco/functools/__init__.py", "lambda *args, **kwargs: f1(f2(*args, **kwargs))",
         "lambda *args, **kwargs: f2(f1(*args, **kwargs))"), True),
@@ -109,14 +125,24 @@ def baseline(request, client, tmp_path_factory):
 def _needs_wiring(name: str) -> None:
     if PROJECTS[name].needs_pythonpath and not PYTHONPATH_WIRED:
         pytest.xfail("WIRING: the supervisor does not put the image's RSI_PYTHONPATH on pytest's path yet")
+    if PROJECTS[name].needs_testpaths and not TESTPATHS_WIRED:
+        pytest.xfail("WIRING: the supervisor does not honour the project's testpaths yet")
+
+
+def _failed(result) -> set[str]:
+    return {t["nodeid"] for t in result.tests if t["outcome"] in ("failed", "error")}
 
 
 def test_untouched_project_passes(baseline):
     name, src, tag, result = baseline
     report = result.model_dump()
     judged = rebase(report, report)  # WIRING: what run_tests(..., baseline=...) will do itself
-    if judged["verdict"] != "pass":
+    known = set(PROJECTS[name].known_failures)
+    if judged["verdict"] != ("fail" if known else "pass") or _failed(result) != known:
         _needs_wiring(name)
+    if known:  # the sandbox agrees with host pytest: these tests, and only these, fail
+        assert judged["verdict"] == "fail" and _failed(result) == known, (judged["reasons"], result.output[-3000:])
+        return
     assert judged["verdict"] == "pass", (name, judged["reasons"], result.output[-3000:])
     assert result.passed > 0 and result.failed == 0 and result.errors == 0
     # Only skips explained by the baseline (same test, same reason, protected file) were excused.
@@ -128,8 +154,7 @@ def test_untouched_project_passes(baseline):
 
 def test_injected_bug_fails(baseline, tmp_path):
     name, src, tag, base = baseline
-    if PROJECTS[name].needs_pythonpath and not PYTHONPATH_WIRED:
-        pytest.xfail("WIRING: without RSI_PYTHONPATH the tests import an installed copy, not the workspace")
+    _needs_wiring(name)
     path, old, new = PROJECTS[name].bug
     work = tmp_path / "work"
     shutil.copytree(src, work, symlinks=True)
@@ -138,7 +163,7 @@ def test_injected_bug_fails(baseline, tmp_path):
     (work / path).write_text(text.replace(old, new))
     result = run_tests(work, limits=limits_for(name, tag))
     assert result.verdict == "fail", (name, result.verdict, result.reasons, result.output[-3000:])
-    assert result.failed >= 1
+    assert result.failed >= 1 and _failed(result) > set(PROJECTS[name].known_failures)
     assert rebase(result.model_dump(), base.model_dump())["verdict"] == "fail"
     if BASELINE_WIRED:
         assert run_tests(work, limits=limits_for(name, tag), baseline=base).verdict == "fail"
@@ -161,8 +186,8 @@ def test_specs_of_the_corpus(tmp_path):
     assert any(r.startswith("mypy") for r in attrs.requirements)  # attrs[tests-mypy], inlined
     assert not any(r.startswith("attrs") for r in attrs.requirements)  # never the project itself
     assert attrs.version == "24.2.0"
-    assert "pretend" in specs["packaging"].requirements
-    assert specs["packaging"].sources == ["tests/requirements.txt"]
+    cachetools = specs["cachetools"]
+    assert cachetools.requirements == [] and cachetools.import_roots == ["src"] and cachetools.needs_image
     jaraco = specs["jaraco.functools"]
     assert jaraco.name == "jaraco.functools" and jaraco.pythonpath == "/workspace"
     assert "jaraco.classes" in jaraco.requirements
