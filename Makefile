@@ -114,8 +114,13 @@ bench: images
 embedded-model: install
 	$(BIN)/rsi models embedded --default
 
+# The closed loop, small (policies/demo.toml; about 15 minutes on 2 cores after set-up): rounds of
+# bug-fix tasks, k sampled candidates each, verified in the sandbox, archived, a training burst, the
+# adapter hot-loaded and gated, the report (RUN_DIR/report.md). The single-workspace loop: `rsi run`;
+# a full run: `rsi run --suite default`.
+RUN_DIR ?= runs/make-run-$(shell date +%Y%m%d-%H%M%S)
 run: images embedded-model
-	$(BIN)/rsi run
+	$(BIN)/rsi run --suite default --config policies/demo.toml --run-dir $(RUN_DIR)
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache
