@@ -280,3 +280,20 @@ def test_edge_case_test_phase_keeps_mutant_killing_tests(tmp_path, monkeypatch, 
     tests = [x for x in lines if x["provenance"]["phase"] == "tests"]
     # both tasks show the same fixed code and tests, so the same tests reply is one sample (deduplicated)
     assert len(tests) == 1 and tests[0]["provenance"]["mutant"]
+
+
+def test_rounds_report_and_status(tmp_path, monkeypatch, seed_suite):
+    from click.testing import CliRunner
+
+    from orchestrator.cli import main
+    from orchestrator.rounds_report import write_rounds_report
+
+    suite, fixes = seed_suite
+    use_fake_sandbox(monkeypatch, fixes)
+    Rounds(tmp_path / "run", cfg(), FakeBackend(fixes), suite).run()
+    text = write_rounds_report(tmp_path / "run").read_text()
+    assert "audit log: intact" in text and "| 1 | 2/2 | 2 | 6 | 6 | 6 | 4 |" in text
+    for png in ("report_samples.png", "report_hack_screen.png"):
+        assert (tmp_path / "run" / png).stat().st_size > 5000
+    out = CliRunner().invoke(main, ["status", str(tmp_path / "run")])
+    assert out.exit_code == 0 and "round 2:" in out.output and "maximum of 2 rounds" in out.output
