@@ -330,9 +330,14 @@ class Rounds:
                 outcomes.append(out)
                 pending += runs
             t0 = time.perf_counter()
+            # identical replies to the same task are graded once (the same edits on the same files)
+            key = [(p[3].id, p[1].reply_sha256) for p in pending]
+            unique = {k: p for k, p in zip(key, pending)}
             with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-                results = list(pool.map(lambda p: run_judged(p[2].path, sorted(p[7]), p[3].hidden_tests, self.limits,
-                                                             p[3].judge_visible), pending))
+                graded = dict(zip(unique, pool.map(lambda p: run_judged(p[2].path, sorted(p[7]), p[3].hidden_tests,
+                                                                        self.limits, p[3].judge_visible),
+                                                   unique.values())))
+            results = [graded[k] for k in key]
             per_task = (time.perf_counter() - t0) / max(1, len(chunk))
             for (out, cand, ws, task, messages, reply, decision, scored), result in zip(pending, results):
                 attempt = Attempt(decision, result, scored)
