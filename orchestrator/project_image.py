@@ -40,6 +40,7 @@ log = structlog.get_logger(__name__)
 BASE_TAG = "rsi-sandbox:latest"
 SPEC_LABEL = "org.rsi-lab.project-spec"
 PROJECT_LABEL = "org.rsi-lab.project"
+DEPS_STAGE_LABEL = "org.rsi-lab.project-deps-stage"
 FORMAT = "rsi-project-image/1"
 TEST_NAMES = ("test", "tests", "testing")
 TEST_REQUIREMENT_FILES = (
@@ -59,6 +60,8 @@ DOCKERFILE = """\
 # Derived by orchestrator/project_image.py: the sandbox image + one project's test dependencies.
 ARG BASE_IMAGE
 FROM ${BASE_IMAGE} AS deps
+ARG SPEC_DIGEST
+LABEL org.rsi-lab.project-deps-stage=${SPEC_DIGEST}
 USER 0:0
 COPY rsi-project/ /tmp/rsi-project/
 RUN ["python3", "-I", "/tmp/rsi-project/install.py", "/tmp/rsi-project"]
@@ -458,7 +461,8 @@ def build_project_image(client, root: Path | str, requirements_file: Path | str 
         context = _tar(files, wheels)
         try:
             client.images.build(fileobj=context, custom_context=True, dockerfile="Dockerfile", tag=tag,
-                                buildargs={"BASE_IMAGE": base, "SITE_DIR": info["site"]}, network_mode="none",
+                                buildargs={"BASE_IMAGE": base, "SITE_DIR": info["site"], "SPEC_DIGEST": digest},
+                                network_mode="none",
                                 labels={SPEC_LABEL: digest, PROJECT_LABEL: spec.name, "org.rsi-lab.role": "sandbox"},
                                 rm=True, forcerm=True, pull=False, timeout=1800)
         except docker.errors.BuildError as exc:
@@ -467,7 +471,17 @@ def build_project_image(client, root: Path | str, requirements_file: Path | str 
             raise ProjectImageError(f"the engine refused to build {tag}: {exc.explanation or exc}") from exc
         finally:
             context.close()
+            _remove_deps_stage(client, digest)
     return tag
+
+
+def _remove_deps_stage(client, digest: str) -> None:
+    """The first stage's image (wheels and all) is left untagged by the builder: remove it."""
+    for image in client.images.list(filters={"label": f"{DEPS_STAGE_LABEL}={digest}", "dangling": True}):
+        try:
+            client.images.remove(image.id, noprune=False)
+        except docker.errors.APIError:
+            pass
 
 
 def image_for_workspace(client, root: Path | str, base: str = BASE_TAG) -> str:

@@ -66,6 +66,7 @@ class Project:
     timeout_s: float = 240
     needs_testpaths: bool = False  # collects files outside its testpaths otherwise
     known_failures: tuple[str, ...] = ()  # fail on the host too: upstream, not the sandbox
+    load_sensitive: tuple[str, ...] = ()  # the project's own timing tests: may fail on a loaded machine
 
 
 PROJECTS = {
@@ -86,7 +87,9 @@ PROJECTS = {
         "            self.__order.move_to_end(key, last=False)\n"), True),
     "jaraco.functools": Project("jaraco_functools-4.0.2", (
         "jaraco/functools/__init__.py", "lambda *args, **kwargs: f1(f2(*args, **kwargs))",
-        "lambda *args, **kwargs: f2(f1(*args, **kwargs))"), True),
+        "lambda *args, **kwargs: f2(f1(*args, **kwargs))"), True,
+        # Throttler(next, 30) must make 28-32 calls in one second: fails when a 1-CPU sandbox is starved
+        load_sensitive=("test_functools.py::TestThrottler::test_function_throttled",)),
 }
 
 
@@ -138,10 +141,13 @@ def test_untouched_project_passes(baseline):
     report = result.model_dump()
     judged = rebase(report, report)  # WIRING: what run_tests(..., baseline=...) will do itself
     known = set(PROJECTS[name].known_failures)
-    if judged["verdict"] != ("fail" if known else "pass") or _failed(result) != known:
+    failed = _failed(result)
+    flaky = failed & set(PROJECTS[name].load_sensitive)
+    if judged["verdict"] != ("fail" if known | flaky else "pass") or failed - flaky != known:
         _needs_wiring(name)
-    if known:  # the sandbox agrees with host pytest: these tests, and only these, fail
-        assert judged["verdict"] == "fail" and _failed(result) == known, (judged["reasons"], result.output[-3000:])
+    if known | flaky:  # the sandbox agrees with host pytest: these tests, and only these, fail
+        assert judged["verdict"] == "fail" and failed - flaky == known, (judged["reasons"], result.output[-3000:])
+        assert result.errors == 0 and result.passed > 0
         return
     assert judged["verdict"] == "pass", (name, judged["reasons"], result.output[-3000:])
     assert result.passed > 0 and result.failed == 0 and result.errors == 0
@@ -163,7 +169,8 @@ def test_injected_bug_fails(baseline, tmp_path):
     (work / path).write_text(text.replace(old, new))
     result = run_tests(work, limits=limits_for(name, tag))
     assert result.verdict == "fail", (name, result.verdict, result.reasons, result.output[-3000:])
-    assert result.failed >= 1 and _failed(result) > set(PROJECTS[name].known_failures)
+    assert result.failed >= 1
+    assert _failed(result) - set(PROJECTS[name].load_sensitive) > set(PROJECTS[name].known_failures)
     assert rebase(result.model_dump(), base.model_dump())["verdict"] == "fail"
     if BASELINE_WIRED:
         assert run_tests(work, limits=limits_for(name, tag), baseline=base).verdict == "fail"
@@ -225,3 +232,22 @@ def test_a_dependency_whose_compilation_fails_is_one_clear_line(client, tmp_path
         build_project_image(client, proj)
     message = str(info.value)
     assert "\n" not in message and "broken" in message and "failed" in message, message
+
+
+def test_cli_images_build_project_prints_the_tag(client, tmp_path):
+    from click.testing import CliRunner
+
+    from orchestrator.cli import main
+
+    src = unpack("cachetools", tmp_path)
+    result = CliRunner().invoke(main, ["images", "build", "--project", str(src)])
+    assert result.exit_code == 0, result.output
+    tag = result.stdout.strip().splitlines()[-1]
+    assert tag.startswith("rsi-project-cachetools:")
+    assert client.images.get(tag).labels["org.rsi-lab.project"] == "cachetools"
+    env = client.images.get(tag).attrs["Config"]["Env"]
+    assert "RSI_PYTHONPATH=/workspace/src" in env
+    # the base's user and entry point are untouched
+    base = client.images.get("rsi-sandbox:latest").attrs["Config"]
+    assert client.images.get(tag).attrs["Config"]["Entrypoint"] == base["Entrypoint"]
+    assert client.images.get(tag).attrs["Config"]["User"] == base["User"]
