@@ -102,10 +102,10 @@ class _Batch:
         self.replies: list[str] | None = None
         self.name, self.model_id, self.adapter_id = backend.name, backend.model_id, backend.adapter_id
 
-    def generate(self, messages, phase, task=None, seed=None):
+    def generate(self, messages, phase, task=None, seed=None, **options):  # options: e.g. the reply format
         if self.replies is None:
             self.replies = self.backend.generate_many(messages, phase, task, n=self.n,
-                                                      temperature=SAMPLE_TEMPERATURE, seed=self.seed)
+                                                      temperature=SAMPLE_TEMPERATURE, seed=self.seed, **options)
         return self.replies.pop(0)
 
 
