@@ -138,12 +138,31 @@ def entry_point_check(work: Path, model_dir: Path, smoke: bool, timeout: float) 
     return result
 
 
+def summarize(path: Path) -> dict:
+    """Add each benchmark pair's ratios (ours / baseline: tokens/s and peak memory) to a stored
+    results file, so the figures BENCHMARKS.md quotes are in it: ``gpu_check.py --summarize FILE``."""
+    data = json.loads(path.read_text())
+    ratios = {}
+    for key, step in data.get("steps", {}).items():
+        b, o = step.get("baseline") or {}, step.get("ours") or {}
+        if b.get("tokens_per_s") and o.get("tokens_per_s"):
+            ratios[key] = {"tokens_per_s": round(o["tokens_per_s"] / b["tokens_per_s"], 2),
+                           "peak_memory": round(o["peak_gib"] / b["peak_gib"], 2)}
+    data["ratios_ours_over_baseline"] = ratios
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return ratios
+
+
 def main() -> int:
+    if len(sys.argv) == 3 and sys.argv[1] == "--summarize":
+        print(json.dumps(summarize(Path(sys.argv[2]))))
+        return 0
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, required=True, help="where gpu_check.json goes")
     ap.add_argument("--work", type=Path, default=Path("/tmp/rsi-gpu-check"))
     ap.add_argument("--budget-s", type=float, default=470, help="stop starting new steps after this")
     ap.add_argument("--smoke", action="store_true", help="tiny models on the CPU: the mechanics only")
+    ap.add_argument("--skip-entry-point", action="store_true", help="only the benchmark pairs (a rerun)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -153,9 +172,15 @@ def main() -> int:
     def left() -> float:
         return args.budget_s - elapsed()
 
+    if args.skip_entry_point:
+        results.put("entry_point_gpt_oss", {"ok": True, "skipped": "--skip-entry-point (measured in an earlier run)"})
     try:
+        if args.skip_entry_point:
+            raise StopIteration
         results.put("entry_point_gpt_oss", entry_point_check(args.work / "entry_point", args.work / "bench" / "gpt_oss_model",
                                                                  args.smoke, max(90, left() - 300)))
+    except StopIteration:
+        pass
     except Exception as exc:  # noqa: BLE001 - record and go on to the benchmark
         results.put("entry_point_gpt_oss", {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:2000]})
 

@@ -65,6 +65,22 @@ def _step_timer(sync=None):
     return StepTimer()
 
 
+def _count_batches(trainer) -> list[int]:
+    """Wrap the trainer's collator to count the real (unpadded) tokens of every batch, in order."""
+    counts: list[int] = []
+    collate = trainer.data_collator
+
+    def counting(features):
+        batch = collate(features)
+        mask = batch.get("attention_mask") if hasattr(batch, "get") else None
+        ids = batch["input_ids"]
+        counts.append(int(mask.sum()) if mask is not None else int(ids.numel()))
+        return batch
+
+    trainer.data_collator = counting
+    return counts
+
+
 def train(rows: list[dict], digest: str, cfg: TrainConfig, model_dir: Path, out: Path, warmup_steps: int = 0) -> dict:
     import unsloth  # noqa: F401  (must come first: it patches transformers, trl and peft)
     import torch
@@ -97,6 +113,7 @@ def train(rows: list[dict], digest: str, cfg: TrainConfig, model_dir: Path, out:
         train_sampling_strategy="group_by_length" if group_by_length else "random")
     timer = _step_timer(torch.cuda.synchronize if gpu else None)
     trainer = SFTTrainer(model=model, processing_class=tokenizer, train_dataset=dataset, args=args, callbacks=[timer])
+    batch_tokens = _count_batches(trainer)  # Unsloth's trainer logs no num_tokens: count what is fed
     if gpu:
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
@@ -106,6 +123,8 @@ def train(rows: list[dict], digest: str, cfg: TrainConfig, model_dir: Path, out:
     model.save_pretrained(str(out))
     losses = [round(h["loss"], 6) for h in trainer.state.log_history if "loss" in h]
     seen = [h["num_tokens"] for h in trainer.state.log_history if "num_tokens" in h]
+    if not seen and batch_tokens:  # cumulative tokens per step from the collator's own count
+        seen = [sum(batch_tokens[:i + 1]) for i in range(min(steps, len(batch_tokens)))]
     timed = timer.seconds[warmup_steps:]
     steady = None
     if timed and len(seen) > warmup_steps:
