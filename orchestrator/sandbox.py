@@ -82,6 +82,13 @@ class SandboxLimits(BaseModel):
     max_report_bytes: int = Field(48 * 1024 * 1024, ge=1024)
     max_workspace_bytes: int = Field(256 * 1024 * 1024, ge=1024)
     runtime: str = ""
+    # Where runs go (orchestrator/sandboxes): "docker" (one fresh container per run), "docker-pool"
+    # (pre-started single-use containers), "ray" (Ray tasks on a cluster's nodes), "fake" (unit tests).
+    provider: str = "docker"
+    pool_size: int = Field(0, ge=0)          # warm containers kept by docker-pool; 0 = from cores and memory
+    ray_address: str = ""                    # the cluster the ray provider joins (`rsi run --ray ADDRESS`)
+    ray_node_provider: str = "docker-pool"   # what each Ray node runs its sandbox with (docker, docker-pool)
+    ray_attempts: int = Field(3, ge=1)       # tries per run before an infrastructure error is reported
 
     @model_validator(mode="after")
     def _distinct_users(self) -> "SandboxLimits":
@@ -97,8 +104,8 @@ class SandboxLimits(BaseModel):
         return cls(**data)
 
 
-class JudgedResult(BaseModel):
-    """The judged phase: hidden tests run out of the candidate's reach (see README)."""
+class PhaseResult(BaseModel):
+    """One graded phase of a run (the fields the grader returns)."""
 
     verdict: str
     passed: int = 0
@@ -113,23 +120,17 @@ class JudgedResult(BaseModel):
     output_bytes: int = 0
     reasons: list[str] = []
     tests: list[dict] = []
+
+
+class JudgedResult(PhaseResult):
+    """The judged phase: hidden tests run out of the candidate's reach (see README)."""
+
     calls: dict[str, int] = {}
 
 
-class SandboxResult(BaseModel):
-    verdict: str
-    passed: int = 0
-    failed: int = 0
-    errors: int = 0
-    skipped: int = 0
-    exit_code: int | None = None
-    timed_out: bool = False
-    oom_killed: bool = False
-    duration_s: float = 0.0
-    output: str = ""
-    output_bytes: int = 0
-    reasons: list[str] = []
-    tests: list[dict] = []
+class SandboxResult(PhaseResult):
+    """The visible phase (in-process, the model's feedback) and, when asked for, the judged one."""
+
     container_exit: int | None = None
     judged: JudgedResult | None = None
 
@@ -431,9 +432,26 @@ def run_tests(workspace: Path | str, limits: SandboxLimits | None = None, timeou
               judge: dict[str, str] | None = None) -> SandboxResult:
     """Run the workspace's tests once in a fresh container and grade them. ``judge``: hidden
     tests ({relative path: source}) run by the judge, out of the candidate's reach; they are
-    never written into the workspace the candidate sees."""
-    global _swept
+    never written into the workspace the candidate sees. The run goes to the provider named by
+    ``limits.provider`` (policies/sandbox.toml); an explicit ``client`` means this engine, directly."""
     limits = limits or SandboxLimits.load()
+    if client is None and (limits.provider != "docker" or _sandboxes().overridden()):
+        return _sandboxes().provider_for(limits).run(workspace, limits, overlay=overlay, exclude=exclude, judge=judge,
+                                        timeout_s=timeout_s)
+    return run_in_fresh_container(workspace, limits, timeout_s, client, overlay, exclude, judge)
+
+
+def _sandboxes():
+    from . import sandboxes
+
+    return sandboxes
+
+
+def run_in_fresh_container(workspace: Path | str, limits: SandboxLimits, timeout_s: float | None = None,
+                           client=None, overlay: dict[str, str] | None = None, exclude: set[str] | None = None,
+                           judge: dict[str, str] | None = None) -> SandboxResult:
+    """The ``docker`` provider: one container created, started, waited for and removed per run."""
+    global _swept
     timeout_s = float(timeout_s or limits.timeout_s)
     workspace = Path(workspace)
     if not workspace.is_dir():
@@ -485,8 +503,18 @@ def run_tests(workspace: Path | str, limits: SandboxLimits | None = None, timeou
         remove_quietly(container)
         shutil.rmtree(stage, ignore_errors=True)
 
-    payload, problems = parse_report(bytes(reader.data), bytes.fromhex(nonce))
-    if reader.overflow:
+    return result_from_output(bytes(reader.data), reader.overflow, nonce, limits, canaries, judge is not None,
+                              host_timed_out, oom, container_exit, started)
+
+
+def result_from_output(raw: bytes, overflow: bool, nonce: str, limits: SandboxLimits, canaries: dict,
+                       judged: bool, host_timed_out: bool, oom: bool, container_exit: int | None,
+                       started: float) -> SandboxResult:
+    """Grade one container's stdout on the host (every provider): the authenticated report's
+    evidence, amended with what only the host knows (its clock, the engine's OOM flag, the
+    canaries it staged), re-graded here; nothing the container graded is taken as is."""
+    payload, problems = parse_report(raw, bytes.fromhex(nonce))
+    if overflow:
         problems.append(f"container printed more than {limits.max_report_bytes} bytes")
     evidence = payload.get("evidence") if payload else None
     evidence = dict(evidence) if isinstance(evidence, dict) else {"events": [], "exit_code": None}
@@ -496,7 +524,7 @@ def run_tests(workspace: Path | str, limits: SandboxLimits | None = None, timeou
     evidence["oom_killed"] = bool(evidence.get("oom_killed")) or oom
     evidence["duration_s"] = time.monotonic() - started
     evidence["canaries"] = canaries  # the host's own record, not the container's
-    if judge is not None and not isinstance(evidence.get("judge"), dict):
+    if judged and not isinstance(evidence.get("judge"), dict):
         evidence["judge"] = {"refused": "the sandbox sent no judged evidence"}
     if isinstance(evidence.get("judge"), dict) and oom:
         evidence["judge"]["oom_killed"] = True

@@ -195,6 +195,13 @@ def run_phase(args: list[str], env: dict, cwd: str, timeout_s: float, tail_bytes
     """Run one pytest process to its end (or the wall clock), then kill every leftover process.
     ``helper`` (the broker) gets the output pipe at start and is stopped before any kill.
     Returns the raw evidence: events from the reporter's pipe, exit status, output tail."""
+    phase = spawn_phase(args, env, cwd, tail_bytes, stdin_data is not None, extra_fds)
+    return finish_phase(phase, timeout_s, stdin_data, helper)
+
+
+def spawn_phase(args: list[str], env: dict, cwd: str, tail_bytes: int, with_stdin: bool = False,
+                extra_fds: tuple = ()) -> dict:
+    """Start a phase's process with its result and output pipes (``finish_phase`` runs the clock)."""
     start = time.monotonic()
     oom_before = _oom_kills()
     res_r, res_w = os.pipe()
@@ -206,11 +213,22 @@ def run_phase(args: list[str], env: dict, cwd: str, timeout_s: float, tail_bytes
     try:
         proc = subprocess.Popen(
             args, cwd=cwd, env={**env, "RSI_RESULT_FD": str(res_w)},
-            stdin=subprocess.PIPE if stdin_data is not None else subprocess.DEVNULL,
+            stdin=subprocess.PIPE if with_stdin else subprocess.DEVNULL,
             stdout=out_w, stderr=out_w, pass_fds=(res_w, *extra_fds), start_new_session=True,
         )
     finally:
         os.close(res_w)
+    return {"proc": proc, "out_w": out_w, "events": events_reader, "output": output_reader,
+            "tail_bytes": tail_bytes, "start": start, "oom_before": oom_before}
+
+
+def finish_phase(phase: dict, timeout_s: float, stdin_data: bytes | None = None, helper=None,
+                 restart_clock: bool = False) -> dict:
+    proc, out_w, tail_bytes = phase["proc"], phase["out_w"], phase["tail_bytes"]
+    events_reader, output_reader = phase["events"], phase["output"]
+    start, oom_before = phase["start"], phase["oom_before"]
+    if restart_clock:  # a pre-started (pooled) phase: its clock starts at the go
+        start, oom_before = time.monotonic(), _oom_kills()
     if helper is not None:
         helper.begin(out_w)
     if stdin_data is not None:
@@ -491,20 +509,83 @@ def frame(payload: dict, key: bytes) -> str:
     return f"{FRAME_TAG} {mac} {body}\n"
 
 
-def main() -> int:
-    make_non_dumpable()
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
-                signal.SIGUSR1, signal.SIGUSR2, signal.SIGPIPE):
-        signal.signal(sig, lambda *_: None)  # handlers, unlike SIG_IGN, reset at exec
-    nonce = os.environ.pop("RSI_NONCE", "")
-    timeout_s = float(os.environ.pop("RSI_TIMEOUT", "60"))
-    tail_bytes = int(os.environ.pop("RSI_OUTPUT_TAIL", "16384"))
-    call_timeout_s = float(os.environ.pop("RSI_CALL_TIMEOUT", "10"))
-    canaries = json.loads(os.environ.pop("RSI_CANARIES", "") or '{"pass": [], "xfail": []}')
-    users = Users(os.environ.pop("RSI_USER", "10001:10001"), os.environ.pop("RSI_JUDGE_USER", "10002:10002"))
-    judged = _judged_tests()
-    os.chdir("/")
-    evidence = collect_evidence(timeout_s, tail_bytes, users, canaries)
+GO_MAGIC = b"RSG1"
+MAX_GO_BYTES = 64 * 1024 * 1024
+
+
+def read_go(fd: int = 0) -> dict | None:
+    """A pooled container's one run: ``RSG1`` + 4-byte big-endian length + JSON, read once from
+    stdin (only the host writes there; no child ever holds this descriptor). None at EOF."""
+    def exactly(n: int) -> bytes | None:
+        buf = bytearray()
+        while len(buf) < n:
+            try:
+                chunk = os.read(fd, min(n - len(buf), 1 << 20))
+            except InterruptedError:
+                continue
+            if not chunk:
+                return None
+            buf += chunk
+        return bytes(buf)
+
+    head = exactly(8)
+    if head is None or head[:4] != GO_MAGIC:
+        return None
+    size = int.from_bytes(head[4:], "big")
+    body = exactly(size) if size <= MAX_GO_BYTES else None
+    if body is None:
+        return None
+    msg = json.loads(body)
+    return msg if isinstance(msg, dict) else None
+
+
+def start_visible(users: Users, tail_bytes: int) -> tuple[dict, int]:
+    """The pooled visible phase, started before the workspace exists: the zygote (``zygote.py``)
+    runs as the candidate's UID with pytest and the reporter imported, waiting on its go pipe."""
+    go_r, go_w = os.pipe()
+    args = users.wrap([PYTHON, "-P", "-s", "-B", "-m", PACKAGE + ".zygote"], "candidate")
+    try:
+        phase = spawn_phase(args, {**BASE_ENV, "HOME": "/tmp", "RSI_GO_FD": str(go_r)}, WORKSPACE, tail_bytes,
+                            extra_fds=(go_r,))
+    finally:
+        os.close(go_r)
+    return phase, go_w
+
+
+def serve_once(nonce: str, tail_bytes: int, users: Users) -> int:
+    """Pool mode: pre-start the visible phase, wait for the one go message, run, report, exit.
+    The container serves exactly one workspace: this process exits after one report."""
+    phase, go_w = start_visible(users, tail_bytes)
+    try:
+        go = read_go(0)
+    except (OSError, ValueError):
+        go = None
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)  # stdin is the host's channel only until the go
+    os.close(devnull)
+    if go is None:
+        kill_everything(phase["proc"])
+        _reap_all()
+        return 3
+    timeout_s = float(go.get("timeout", 60))
+    call_timeout_s = float(go.get("call_timeout", 10))
+    canaries = go.get("canaries") or {"pass": [], "xfail": []}
+    judged = go.get("judge")
+    judged = {str(k): str(v) for k, v in judged.items()} if isinstance(judged, dict) else None
+    expected = expected_tests(WORKSPACE)
+    try:
+        os.write(go_w, b"go")
+    except OSError:
+        pass
+    os.close(go_w)
+    evidence = finish_phase(phase, timeout_s, restart_clock=True)
+    evidence["expected"] = expected
+    evidence["canaries"] = canaries
+    return _judge_and_report(evidence, judged, timeout_s, tail_bytes, call_timeout_s, users, nonce)
+
+
+def _judge_and_report(evidence: dict, judged: dict | None, timeout_s: float, tail_bytes: int,
+                      call_timeout_s: float, users: Users, nonce: str) -> int:
     if judged is not None:
         try:
             evidence["judge"] = collect_judged(judged, timeout_s, tail_bytes, call_timeout_s, users)
@@ -520,3 +601,44 @@ def main() -> int:
         data = data[os.write(1, data) :]
     judged_ok = report.get("judged") is None or report["judged"]["verdict"] == "pass"
     return 0 if report["verdict"] == "pass" and judged_ok else 1
+
+
+def scrub_environment() -> int:
+    """Zero the process's original environment strings in memory. ``/proc/1/environ`` shows that
+    memory, and not every runtime guards it by UID (gVisor 2022-12 lets any UID read it), so the
+    per-run key, canary ids and judged tests must not stay there. Python's ``os.environ`` is a
+    copy, so the values stay readable here. Returns the number of strings scrubbed."""
+    try:
+        libc = ctypes.CDLL(None)
+        envp = ctypes.POINTER(ctypes.c_char_p).in_dll(libc, "environ")
+        addrs = []
+        i = 0
+        while envp[i] is not None:
+            addrs.append(ctypes.cast(envp, ctypes.POINTER(ctypes.c_void_p))[i])
+            i += 1
+        for addr in addrs:
+            ctypes.memset(addr, 0, len(ctypes.string_at(addr)))
+        return len(addrs)
+    except (OSError, ValueError, AttributeError):
+        return 0
+
+
+def main() -> int:
+    make_non_dumpable()
+    scrub_environment()  # before any other process exists in the container
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
+                signal.SIGUSR1, signal.SIGUSR2, signal.SIGPIPE):
+        signal.signal(sig, lambda *_: None)  # handlers, unlike SIG_IGN, reset at exec
+    nonce = os.environ.pop("RSI_NONCE", "")
+    timeout_s = float(os.environ.pop("RSI_TIMEOUT", "60"))
+    tail_bytes = int(os.environ.pop("RSI_OUTPUT_TAIL", "16384"))
+    call_timeout_s = float(os.environ.pop("RSI_CALL_TIMEOUT", "10"))
+    canaries = json.loads(os.environ.pop("RSI_CANARIES", "") or '{"pass": [], "xfail": []}')
+    users = Users(os.environ.pop("RSI_USER", "10001:10001"), os.environ.pop("RSI_JUDGE_USER", "10002:10002"))
+    pooled = os.environ.pop("RSI_POOL", "") == "1" and users.privileged
+    judged = _judged_tests()
+    os.chdir("/")
+    if pooled:
+        return serve_once(nonce, tail_bytes, users)
+    evidence = collect_evidence(timeout_s, tail_bytes, users, canaries)
+    return _judge_and_report(evidence, judged, timeout_s, tail_bytes, call_timeout_s, users, nonce)
