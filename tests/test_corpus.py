@@ -251,3 +251,12 @@ def test_cli_images_build_project_prints_the_tag(client, tmp_path):
     base = client.images.get("rsi-sandbox:latest").attrs["Config"]
     assert client.images.get(tag).attrs["Config"]["Entrypoint"] == base["Entrypoint"]
     assert client.images.get(tag).attrs["Config"]["User"] == base["User"]
+
+
+def test_the_loop_picks_the_derived_image_only_when_needed(client, tmp_path):
+    from orchestrator.cli import _workspace_image
+
+    flat = unpack("more-itertools", tmp_path / "a")  # no dependency, flat: the plain sandbox image
+    assert _workspace_image(flat, "rsi-sandbox:latest") == "rsi-sandbox:latest"
+    src = unpack("cachetools", tmp_path / "b")  # src layout: its derived image
+    assert _workspace_image(src, "rsi-sandbox:latest").startswith("rsi-project-cachetools:")
