@@ -5,10 +5,10 @@ tasks from its own verified work?
         [--heldout-bugfix 32] [--backend auto] [--out DIR]
 
 Per seed (a separate run directory each):
-1. the base model on the held-out tasks: the 33 held-out HumanEval problems (gate.model_results,
-   cached per model, the gate reuses it) and held-out bug-fix tasks (the first bug of each held-out
-   problem, ``--heldout-bugfix`` of them), one greedy reply each, graded by all visible and hidden
-   tests in the sandbox;
+1. the base model on the held-out tasks: the held-out HumanEval problems (``--gate-tasks``, default
+   all 33; the gate promotes on the same ones) and held-out bug-fix tasks (the first bug of each
+   held-out problem, ``--heldout-bugfix`` of them), one greedy reply each in the model's reply
+   format, verified like an archived sample (every in-process and every judged test passes);
 2. ``--rounds`` rounds (orchestrator/rounds.py) over ``--suite`` (default bugfix-train+humaneval-train):
    k sampled candidates per task, verified in the sandbox, archived, a training burst, the gate;
 3. the model that is current at the end (the last promoted adapter, or the base) on the same
@@ -41,9 +41,11 @@ from orchestrator.sandbox import SandboxLimits  # noqa: E402
 from orchestrator.suites import load_suite  # noqa: E402
 
 
-def bugfix_results(backend, tasks, run_dir: Path, limits, say) -> list[ProblemResult]:
-    """Held-out bug-fix results of the backend's current model, cached per model in the run dir."""
-    path = run_dir / "heldout_bugfix" / f"{backend.adapter_id or 'base'}.jsonl"
+def heldout_results(kind: str, backend, tasks, run_dir: Path, limits, say) -> list[ProblemResult]:
+    """Held-out results of the backend's current model (one greedy reply per task in the model's reply
+    format, verified like an archived sample: every in-process and judged test passes), cached per
+    model in the run dir."""
+    path = run_dir / f"heldout_{kind}" / f"{backend.adapter_id or 'base'}.jsonl"
     ids = [t.id for t in tasks]
     if path.exists():
         lines = path.read_text().splitlines()
@@ -70,7 +72,8 @@ def one_seed(seed: int, args, backend, trainer, say) -> dict:
     config.gate.tasks = args.gate_tasks.split(",") if args.gate_tasks else []
     limits = SandboxLimits.load()
     walls: dict[str, float] = {}
-    heldout_he = gate.gate_ids(config.gate)
+    gate_ids = gate.gate_ids(config.gate)
+    heldout_he = [t for t in load_suite("humaneval-heldout", seed).tasks if t.id in gate_ids]
     heldout_bf = [t for t in load_suite("bugfix-heldout", seed).tasks if t.id.endswith("#0")][:args.heldout_bugfix]
     out.mkdir(parents=True, exist_ok=True)
 
@@ -84,9 +87,8 @@ def one_seed(seed: int, args, backend, trainer, say) -> dict:
     t0 = time.perf_counter()
     if backend.adapter_id:  # the base first, whatever a resumed run had loaded
         backend.load_adapter(None, None)
-    base_he = gate.model_results(backend, registry, heldout_he, limits,
-                                 on_problem=lambda p: say(f"base {p.task_id}: {p.correct} {p.verdicts}"))
-    base_bf = bugfix_results(backend, heldout_bf, out, limits, say)
+    base_he = heldout_results("humaneval", backend, heldout_he, out, limits, say)
+    base_bf = heldout_results("bugfix", backend, heldout_bf, out, limits, say)
     walls["base_heldout_s"] = time.perf_counter() - t0
     if driver.state.current_adapter:
         backend.load_adapter(registry.path(driver.state.current_adapter), driver.state.current_adapter)
@@ -98,8 +100,8 @@ def one_seed(seed: int, args, backend, trainer, say) -> dict:
     t0 = time.perf_counter()
     final_id = registry.current()
     backend.load_adapter(registry.path(final_id) if final_id else None, final_id)
-    final_he = gate.model_results(backend, registry, heldout_he, limits)
-    final_bf = bugfix_results(backend, heldout_bf, out, limits, say)
+    final_he = heldout_results("humaneval", backend, heldout_he, out, limits, say)
+    final_bf = heldout_results("bugfix", backend, heldout_bf, out, limits, say)
     walls["final_heldout_s"] = time.perf_counter() - t0
 
     def paired(a, b):

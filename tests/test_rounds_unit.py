@@ -122,6 +122,8 @@ class FakeBackend(Backend):
         if phase == "tests":
             return json.dumps({"rationale": "r", "tests": [{"path": "test_gen_edge.py", "content":
                                "from example import add\n\n\ndef test_gen_add():\n    assert add(2, 2) == 4\n"}]})
+        if task not in self.fixes:  # a task this fake cannot solve (held-out): a wrong answer
+            return reply("def nothing():\n    return None\n")
         return reply(self.fixes[task] + f"\n# retry {seed}\n")
 
     def load_adapter(self, path, adapter_id):
