@@ -308,12 +308,24 @@ def _backend(name, config, replies, base_url):
 @click.option("--max-samples", type=int, default=None, help="Rounds: budget of generated replies.")
 @click.option("--gpu/--no-gpu", "gpu_flag", default=None,
               help="GPU profile: serve [gpu] model with vLLM on the GPU, train in rsi-trainer:gpu (default: on when the Docker engine has an NVIDIA runtime).")
+@click.option("--ray", "ray_address", default=None, metavar="ADDRESS",
+              help="Verify candidates as Ray tasks on the cluster at ADDRESS (each node runs its own hardened "
+                   "sandbox; policies/sandbox.toml's ray_address otherwise).")
 def run_cmd(config_file, workspace, task_id, backend, replies, base_url, max_iterations, run_dir,
             resume_dir, suite, task_list, n_rounds, tasks_per_round, k_samples, seed, max_wall, max_samples,
-            gpu_flag=None) -> None:
+            gpu_flag=None, ray_address=None) -> None:
     """Run the self-improvement loop (default: the seed task on the embedded model), or rounds over
     many tasks with --suite/--tasks."""
     from .rounds import is_rounds_dir
+
+    if ray_address:
+        from .sandbox import InfraError, SandboxLimits
+        from .sandboxes import create, use
+
+        try:
+            use(create("ray", SandboxLimits.load(provider="ray", ray_address=ray_address)).start()).__enter__()
+        except InfraError as exc:
+            _fail_infra(str(exc))
 
     if suite or task_list or (resume_dir and is_rounds_dir(resume_dir)):
         _run_rounds(config_file, backend, replies, base_url, run_dir, resume_dir, suite, task_list,

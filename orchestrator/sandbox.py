@@ -177,11 +177,12 @@ def _owner_alive(pid: str) -> bool:
 def sweep_leftovers(client) -> int:
     """Remove sandbox containers left by crashed runs on this host."""
     removed = 0
-    for c in client.containers.list(all=True, filters={"label": LABEL}):
-        labels = c.labels
+    # The low-level list: containers.list() inspects each one and fails on one removed meanwhile.
+    for c in client.api.containers(all=True, filters={"label": LABEL}):
+        labels = c.get("Labels") or {}
         if labels.get(LABEL_HOST) == socket.gethostname() and not _owner_alive(labels.get(LABEL_PID, "")):
             try:
-                c.remove(force=True)
+                client.api.remove_container(c["Id"], force=True)
                 removed += 1
             except docker.errors.APIError:
                 pass

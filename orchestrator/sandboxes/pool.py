@@ -100,6 +100,7 @@ class DockerPool(Sandbox):
         self._threads: list[threading.Thread] = []
         self._last_error: str = ""
         self.served: list[str] = []        # container names, one per run (a container never serves twice)
+        self.made: list[str] = []          # every container name this pool created
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> "DockerPool":
@@ -156,6 +157,7 @@ class DockerPool(Sandbox):
         env = {"RSI_POOL": "1", "RSI_NONCE": nonce, "RSI_OUTPUT_TAIL": str(limits.output_tail_bytes),
                "RSI_USER": limits.user, "RSI_JUDGE_USER": limits.judge_user}
         self._names.add(name)
+        self.made.append(name)
         container = None
         try:
             container = self.client.containers.create(

@@ -1,0 +1,78 @@
+"""The ray provider on a real two-node Ray cluster on this machine (loopback), real Docker.
+
+A small round's verification goes through the cluster while one node's raylet is killed: every
+candidate gets exactly one verdict, none is lost, and the verdicts are the docker provider's."""
+
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from orchestrator.sandbox import SandboxLimits, run_in_fresh_container, sweep_leftovers
+from orchestrator.sandboxes.pool import LABEL_POOL
+from orchestrator.sandboxes.ray_provider import RaySandbox
+from tests.conftest import write_tree
+from tests.hostile_cases import CASES
+from tests.ray_cluster import LocalCluster
+
+pytestmark = pytest.mark.docker
+
+ROUND = ["control_pass", "control_fail", "hack_os_exit_at_import", "control_collection_error",
+         "hack_sys_exit_in_test", "control_parametrized_and_class", "tamper_conftest_modifyitems",
+         "hack_forge_report_frame", "control_pass", "control_fail"]
+
+
+@pytest.fixture(scope="module")
+def cluster(docker_client, sandbox_image):
+    with LocalCluster(nodes=2) as c:
+        yield c
+        import ray
+
+        ray.shutdown()
+    sweep_leftovers(docker_client)  # pool containers of the Ray workers that died with their node
+    left = [c["Id"] for c in docker_client.api.containers(all=True, filters={"label": LABEL_POOL})
+            if not os.path.exists(f"/proc/{(c.get('Labels') or {}).get('org.rsi-lab.pid', '0')}")]
+    assert left == [], "a Ray node left pool containers behind"
+
+
+def _limits(cluster, **kw):
+    return SandboxLimits.load(provider="ray", ray_address=cluster.address, ray_node_provider="docker-pool",
+                              pool_size=1, timeout_s=30, **kw)
+
+
+def test_a_round_survives_a_lost_node(cluster, docker_client, tmp_path):
+    spaces = [write_tree(tmp_path / f"c{i}", CASES[name][0]) for i, name in enumerate(ROUND)]
+    reference = [run_in_fresh_container(w, SandboxLimits.load(timeout_s=30), client=docker_client).verdict
+                 for w in spaces]
+    assert reference == [CASES[n][1] if isinstance(CASES[n][1], str) else reference[i]
+                         for i, n in enumerate(ROUND)]
+
+    limits = _limits(cluster)
+    sandbox = RaySandbox(limits).start()
+    done = []
+    killed = threading.Event()
+
+    def verify(w):
+        out = sandbox.run(w, limits)
+        done.append(out)
+        return out
+
+    with ThreadPoolExecutor(len(spaces)) as pool:
+        futures = [pool.submit(verify, w) for w in spaces]
+        deadline = time.monotonic() + 600
+        while not done and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert done, "no candidate was verified in 10 minutes"
+        assert len(done) < len(spaces) - 1, "the round ended before the node could be lost"
+        cluster.kill_node(1)
+        killed.set()
+        results = [f.result(timeout=900) for f in futures]
+
+    assert [r.verdict for r in results] == reference
+    assert len(sandbox.ledger) == len(spaces), "a candidate was lost or counted twice"
+    assert sum(e["attempts"] for e in sandbox.ledger.values()) > len(spaces), \
+        "no run was hit by the lost node (the test proved nothing)"
+    assert all(e["attempts"] <= limits.ray_attempts for e in sandbox.ledger.values())
+
