@@ -131,3 +131,24 @@ def test_ray_payload_round_trips_links_as_links(tmp_path):
     unpack(pack(src), dst)
     assert (dst / "pkg" / "b.py").read_text() == "y = 2\n"
     assert (dst / "link").is_symlink() and __import__("os").readlink(dst / "link") == "/etc/passwd"
+
+
+def test_grading_code_runs_on_the_fake_provider_without_docker(tmp_path):
+    """The evaluation path (run_judged -> run_tests -> provider) reaches the fake, judged tests included."""
+    from orchestrator.evaluation import reward, run_judged, verified
+    from orchestrator.sandbox import JudgedResult
+
+    def fn(path, judge):
+        ok = (path / "example.py").read_text() == GOOD
+        judged = JudgedResult(verdict="pass" if ok else "fail", passed=len(judge) if ok else 0,
+                              tests=[{"nodeid": k, "outcome": "passed" if ok else "failed"} for k in judge])
+        return SandboxResult(verdict="pass" if ok else "fail", judged=judged)
+
+    workspace = write_tree(tmp_path / "w", ws())
+    hidden = {"test_h.py": "def test_h():\n    pass\n"}
+    with use(FakeSandbox(fn=fn)) as fake:
+        good = run_judged(workspace, ["test_example.py"], hidden, SandboxLimits())
+        bad = run_judged(workspace, ["test_example.py"], hidden, SandboxLimits(), overlay={"example.py": BUGGY})
+    assert verified(good) and reward(good) == (2, 2)
+    assert not verified(bad) and reward(bad) == (0, 2)
+    assert set(fake.calls[0]["judge"]) == {"hidden/test_h.py", "visible/test_example.py"}
