@@ -56,13 +56,22 @@ def main() -> None:
         samples = Path(tmp) / "s.jsonl"
         samples.write_text("".join(json.dumps(sample(i)) + "\n" for i in range(args.samples)))
         t0 = time.perf_counter()
-        metrics = run_training(samples, Path(tmp) / "adapter", config, model_dir, limits=limits)
+        try:
+            metrics = run_training(samples, Path(tmp) / "adapter", config, model_dir, limits=limits)
+        except Exception as exc:  # noqa: BLE001 - a failed run is a result too (e.g. the timeout under load)
+            wall = time.perf_counter() - t0
+            print(f"trainer run failed after {wall:.1f} s: {exc}")
+            rec.write({"image": limits.image_cpu, "samples": args.samples, "outcome": "failed",
+                       "error": f"{type(exc).__name__}: {exc}"[:500], "container_wall_s": round(wall, 1),
+                       "timeout_s": limits.timeout_s, "image_packages": pinned()}, args.out)
+            raise SystemExit(1) from exc
         wall = time.perf_counter() - t0
     losses = metrics["losses"]
     print(f"loss {losses[0]} -> {losses[-1]} ({len(losses)} logged steps); tokens/s {metrics['tokens_per_s']}; "
           f"peak RSS {metrics['peak_memory_gib']} GiB; wall {wall:.1f} s")
     rec.write({
         "image": limits.image_cpu,
+        "outcome": "ok",
         "samples": args.samples,
         "tokens_per_sample": round(metrics["tokens"] / max(1, metrics["steps"] * config.batch_size), 1),
         "loss_first": losses[0],
