@@ -143,7 +143,7 @@ def test_two_rounds_train_hot_load_and_gate_with_the_embedded_model(tmp_path, sa
     cfg.rounds.rounds, cfg.rounds.tasks_per_round, cfg.rounds.k, cfg.rounds.concurrency = 2, 2, 2, 2
     cfg.gate.tasks, cfg.gate.noise = ["HumanEval/5"], 1.0  # noise 1.0: any adapter that loads is promoted
     run = tmp_path / "run"
-    state = Rounds(run, cfg, backend, select_tasks(TASKS), trainer=Trainer(model_dir=model_dir, max_steps=4)).run()
+    state = Rounds(run, cfg, backend, select_tasks(TASKS), trainer=Trainer(model_dir=model_dir, max_steps=2)).run()
     assert len(state.rounds) == 2 and all(r.samples_added > 0 for r in state.rounds[:1])
     bursts = [r.burst for r in state.rounds]
     assert [b.adapter for b in bursts] == ["v0001", "v0002"] and all(b.promoted for b in bursts)
