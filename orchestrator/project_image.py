@@ -367,6 +367,9 @@ def _pip_error(output: str) -> str:
     return (errors[-1] if errors else (lines[-1] if lines else "pip failed")).removeprefix("ERROR: ")[:300]
 
 
+NOT_FOUND = ("Could not find a version", "No matching distribution")
+
+
 def download_wheelhouse(spec: ProjectSpec, info: dict, dest: Path, python: str = sys.executable) -> list[Path]:
     """Wheels of the requirements (and of pip) for the base's Python, fetched on the host. A
     requirement without a wheel for that platform is built on the host when the host's Python is
@@ -377,9 +380,14 @@ def download_wheelhouse(spec: ProjectSpec, info: dict, dest: Path, python: str =
     cmd = [python, "-m", "pip", "download", "--disable-pip-version-check", "-q", "-d", str(dest),
            *_platform_args(info), "-r", str(reqs)]
     r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode == 0:
+    # A direct reference to an sdist (name @ URL) is downloaded as is, whatever --only-binary says.
+    sources = [p for p in dest.iterdir() if p.is_file() and p.suffix != ".whl" and p != reqs]
+    if r.returncode == 0 and not sources:
         return sorted(dest.glob("*.whl"))
-    first = _pip_error(r.stderr + r.stdout)
+    first = _pip_error(r.stderr + r.stdout) if r.returncode else \
+        f"{', '.join(p.name for p in sources)} come only as source"
+    for p in sources:
+        p.unlink()
     host = "%d.%d" % sys.version_info[:2] if python == sys.executable else None
     if host != info["version"]:
         raise ProjectImageError(f"a dependency has no wheel for CPython {info['version']} on "
@@ -390,13 +398,28 @@ def download_wheelhouse(spec: ProjectSpec, info: dict, dest: Path, python: str =
                         "-r", str(reqs)], capture_output=True, text=True)
     if r.returncode:
         out = r.stderr + r.stdout
-        failed = re.findall(r"Failed to build ([^\n]+)", out) or re.findall(r"Building wheel for (\S+)", out)
-        what = failed[-1].strip() if failed else _pip_error(out)
+        error = _pip_error(out)
+        if any(error.startswith(n) for n in NOT_FOUND):
+            raise ProjectImageError(f"a dependency cannot be had: {error}")
+        failed = (re.findall(r"Failed building wheel for (\S+)", out) or re.findall(r"Building wheel for (\S+)", out)
+                  or [f for f in re.findall(r"Failed to build ([^\n]+)", out) if "one or more" not in f])
+        what = failed[-1].strip() if failed else error
         raise ProjectImageError(f"dependency {what} has no wheel for CPython {info['version']} on "
-                                f"{info['machine']} and building it on the host failed: {_pip_error(out)}")
+                                f"{info['machine']} and compiling it on the host failed: {error}")
     for whl in built.glob("*.whl"):
         whl.replace(dest / whl.name)
     return sorted(dest.glob("*.whl"))
+
+
+def _image_requirements(spec: ProjectSpec) -> str:
+    """The requirements as the image's pip sees them: direct references (``name @ URL``) become
+    their name, found in the wheelhouse (the image has no network and no host path)."""
+    out = []
+    for req in spec.requirements:
+        name, sep, rest = req.partition(" @ ")
+        marker = rest.partition(";")[2]
+        out.append(f"{name.strip()}" + (f" ; {marker.strip()}" if marker.strip() else "") if sep else req)
+    return "\n".join(out) + "\n"
 
 
 def _tar(files: dict[str, bytes], wheels: list[Path]):
@@ -452,7 +475,7 @@ def build_project_image(client, root: Path | str, requirements_file: Path | str 
         files = {
             "Dockerfile": dockerfile.encode(),
             "rsi-project/install.py": INSTALL_PY.encode(),
-            "rsi-project/requirements.txt": ("\n".join(spec.requirements) + "\n").encode(),
+            "rsi-project/requirements.txt": _image_requirements(spec).encode(),
             "rsi-project/METADATA": spec.metadata.encode(),
             "rsi-project/spec.json": json.dumps({"name": spec.name, "version": spec.version, "site": info["site"],
                                                  "requirements": spec.requirements}).encode(),
