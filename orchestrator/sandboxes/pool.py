@@ -58,11 +58,15 @@ def _bytes(size: str) -> int:
 def default_size(limits: SandboxLimits) -> int:
     """Warm containers to keep: two per core (one running, one waiting), at most what the
     available memory holds at each container's cap (halved: the host needs its share)."""
-    cores = os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    avail = 4 << 30
     try:
-        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError):
-        avail = 4 << 30
+        with open("/proc/meminfo") as fh:  # MemAvailable: free memory plus what the page cache gives back
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) << 10
+    except (OSError, ValueError, IndexError):
+        pass
     by_memory = max(1, avail // 2 // max(_bytes(limits.memory), 1 << 20))
     return int(max(1, min(2 * cores, by_memory)))
 
