@@ -152,3 +152,8 @@ def test_grading_code_runs_on_the_fake_provider_without_docker(tmp_path):
     assert verified(good) and reward(good) == (2, 2)
     assert not verified(bad) and reward(bad) == (0, 2)
     assert set(fake.calls[0]["judge"]) == {"hidden/test_h.py", "visible/test_example.py"}
+
+
+def test_ray_provider_with_nothing_at_the_address_is_one_clear_line():
+    with pytest.raises(InfraError, match="cannot join the Ray cluster at 127.0.0.1:1 .nothing answers"):
+        create("ray", SandboxLimits(provider="ray", ray_address="127.0.0.1:1")).start()

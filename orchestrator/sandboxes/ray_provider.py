@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import shutil
+import socket
 import tarfile
 import tempfile
 import threading
@@ -89,6 +90,13 @@ class RaySandbox(Sandbox):
             import ray
         except ImportError as exc:
             raise InfraError("ray is not installed (make install puts it in .venv)") from exc
+        host, _, port = self.address.removeprefix("ray://").rpartition(":")
+        if self.address != "auto":  # ray.init retries an absent GCS for minutes: ask the port first
+            try:
+                socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+            except (OSError, ValueError) as exc:
+                raise InfraError(f"cannot join the Ray cluster at {self.address} (nothing answers there: "
+                                 f"{getattr(exc, 'strerror', None) or exc}); start it with `ray start --head`") from exc
         try:
             if not ray.is_initialized():
                 ray.init(address=self.address, logging_level="ERROR", log_to_driver=False,
