@@ -82,7 +82,6 @@ def main() -> None:
                      "build_sandbox_image(connect(), tag='rsi-sandbox:pre-judge')")
             subprocess.run([sys.executable, "-c", build, str(old)], cwd=old, check=True, capture_output=True)
             held = replies(tmp / "heldout.jsonl", "heldout")
-            arm(ROOT, held, "heldout", "rsi-sandbox:latest")  # warm-up (page cache, layers)
             results["before"] = arm(old, held, "heldout", "rsi-sandbox:pre-judge")
             results["after"] = arm(ROOT, held, "heldout", "rsi-sandbox:latest")
             results["ratio_after_before"] = results["after"]["wall_s"] / results["before"]["wall_s"]

@@ -13,11 +13,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .sandbox_runner.codec import MAX_DEPTH, too_deep  # one bracket-depth guard for all untrusted JSON
+
 Phase = Literal["patch", "tests"]
 MAX_CANDIDATES = 16  # positions tried when looking for a JSON object in prose
-MAX_DEPTH = 64       # deeper nesting is refused before json ever recurses into it
-_STRING = re.compile(r'"(?:\\.|[^"\\])*"')
-_BRACKET = re.compile(r"[\[\]{}]")
 _FENCE = re.compile(r"```(?:json|JSON)?[ \t]*\n(.*?)```", re.DOTALL)
 
 
@@ -84,19 +83,6 @@ def _loads(text: str):
         return json.loads(text)
     except (ValueError, RecursionError):
         return None
-
-
-def too_deep(text: str, limit: int = MAX_DEPTH) -> bool:
-    """Linear scan of bracket depth outside JSON strings (a guard, not a parser)."""
-    depth = 0
-    for m in _BRACKET.finditer(_STRING.sub("", text)):
-        if m.group() in "[{":
-            depth += 1
-            if depth > limit:
-                return True
-        else:
-            depth = max(0, depth - 1)
-    return False
 
 
 def extract_object(text: str) -> dict:

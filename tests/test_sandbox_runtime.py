@@ -119,13 +119,40 @@ def _deep_tree(root: Path, depth: int, name: str) -> None:
         os.close(fd)
 
 
+def _rm_deep(root: Path) -> None:
+    """Remove a tree of any depth without recursion or long paths (pytest's own clean-up of old
+    temporary directories would hit RecursionError on it)."""
+    here = os.open(".", os.O_RDONLY)
+    names: list[str] = []
+    os.chdir(root)
+    try:
+        while True:
+            sub = next((e.name for e in os.scandir(".") if e.is_dir(follow_symlinks=False)), None)
+            if sub is not None:
+                os.chdir(sub)
+                names.append(sub)
+                continue
+            for e in os.scandir("."):
+                os.unlink(e.name)
+            if not names:
+                break
+            os.chdir("..")
+            os.rmdir(names.pop())
+    finally:
+        os.fchdir(here)
+        os.close(here)
+
+
 @pytest.mark.docker
 @pytest.mark.parametrize("depth,name", [(1100, "d"), (16, "n" * 254)], ids=["1100-nested", "long-names"])
 def test_cli_unstageable_workspace_is_a_verdict_not_a_traceback(depth, name, tmp_path, sandbox_image):
     workspace = write_tree(tmp_path / "ws", CASES["control_pass"][0])
     _deep_tree(workspace, depth, name)
-    out = subprocess.run(RSI + ["sandbox", "run", str(workspace), "--json"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=300)
+    try:
+        out = subprocess.run(RSI + ["sandbox", "run", str(workspace), "--json"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=300)
+    finally:
+        _rm_deep(workspace)
     assert "Traceback" not in out.stderr, out.stderr[-2000:]
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert out.returncode == 1 and report["verdict"] == "error", report
