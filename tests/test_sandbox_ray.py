@@ -13,8 +13,8 @@ import pytest
 from orchestrator.sandbox import SandboxLimits, run_in_fresh_container, sweep_leftovers
 from orchestrator.sandboxes.pool import LABEL_POOL
 from orchestrator.sandboxes.ray_provider import RaySandbox
-from tests.conftest import write_tree
-from tests.hostile_cases import CASES
+from tests.conftest import tree_digest, write_tree
+from tests.hostile_cases import CASES, DEFAULT_TIMEOUT, TIMEOUTS
 from tests.ray_cluster import LocalCluster
 
 pytestmark = pytest.mark.docker
@@ -76,3 +76,35 @@ def test_a_round_survives_a_lost_node(cluster, docker_client, tmp_path):
         "no run was hit by the lost node (the test proved nothing)"
     assert all(e["attempts"] <= limits.ray_attempts for e in sandbox.ledger.values())
 
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_hostile_case_through_the_cluster(name, cluster, tmp_path, host_marker, host_secret):
+    """Every hostile case, its workspace carried to a node as bytes (links stay links), holds there."""
+    files, expected = CASES[name]
+    expected = (expected,) if isinstance(expected, str) else expected
+    workspace = write_tree(tmp_path / "ws", files, {"MARKER": str(host_marker), "SECRET": host_secret})
+    before = tree_digest(workspace)
+    marker_before = host_marker.read_text()
+    limits = _limits(cluster).model_copy(update={"timeout_s": TIMEOUTS.get(name, DEFAULT_TIMEOUT)})
+
+    result = _shared(cluster).run(workspace, limits)
+
+    assert result.verdict in expected, (result.verdict, result.reasons, result.output[-1500:])
+    assert tree_digest(workspace) == before, "the host workspace changed"
+    assert host_marker.read_text() == marker_before, "a host file changed"
+    if name == "cage_memory_bomb":
+        assert result.oom_killed
+    if name in ("cage_cpu_spin", "cage_sleep"):
+        assert result.timed_out
+    if name.startswith("control_pass") or name == "control_parametrized_and_class":
+        assert result.passed >= 1 and result.failed == 0
+
+
+_SANDBOX = {}
+
+
+def _shared(cluster):
+    if cluster.address not in _SANDBOX:
+        _SANDBOX[cluster.address] = RaySandbox(_limits(cluster)).start()
+    return _SANDBOX[cluster.address]
