@@ -11,7 +11,7 @@ from orchestrator.backends import Backend
 from orchestrator.config import RunConfig
 from orchestrator.rounds import BurstOutcome, Rounds, RoundsError, RoundsState, is_verified
 from orchestrator.sandbox import SandboxResult
-from orchestrator.suites import (SEED_FIXED, SEED_TESTS, Suite, SuiteTask, _bugfix_from_humaneval, _bugfix_from_seed,
+from orchestrator.suites import (SEED_FIXED, SEED_TESTS, Suite, _bugfix_from_humaneval, _bugfix_from_seed,
                                  load_suite, select_tasks, split_check, split_test_module, verify_runs)
 from orchestrator.tasks import humaneval_problems, humaneval_split
 
