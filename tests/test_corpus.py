@@ -76,8 +76,8 @@ PROJECTS = {
     "toolz": Project("toolz-1.2.0", ("toolz/itertoolz.py", "    return next(iter(seq))\n",
                                      "    return next(iter(seq[1:]))\n"), False),
     "attrs": Project("attrs-24.2.0", (
-        "src/attr/filters.py", "value.__class__ in cls\n            or attribute.name in names",
-        "value.__class__ not in cls\n            or attribute.name in names"), True, 480, True,
+        "src/attr/filters.py", "    def include_(attribute, value):\n        return (\n            value.__class__ in cls",
+        "    def include_(attribute, value):\n        return (\n            value.__class__ not in cls"), True, 480, True,
         ("tests/test_converters.py::TestPipe::test_wrapped_annotation",)),
     "cachetools": Project("cachetools-5.5.0", (
         "src/cachetools/__init__.py",
@@ -136,17 +136,26 @@ def _failed(result) -> set[str]:
     return {t["nodeid"] for t in result.tests if t["outcome"] in ("failed", "error")}
 
 
+def _starved(name: str, result) -> set[str]:
+    """Failures a starved one-CPU sandbox explains: the project's own timing tests, and hypothesis
+    tests that missed their deadline (attrs' conftest sets 400 ms)."""
+    return {t["nodeid"] for t in result.tests if t["outcome"] in ("failed", "error") and (
+        t["nodeid"] in PROJECTS[name].load_sensitive
+        or any(m in t.get("message", "") for m in ("DeadlineExceeded", "hypothesis.errors.Flaky", "FlakyFailure")))}
+
+
 def test_untouched_project_passes(baseline):
     name, src, tag, result = baseline
     report = result.model_dump()
     judged = rebase(report, report)  # WIRING: what run_tests(..., baseline=...) will do itself
     known = set(PROJECTS[name].known_failures)
     failed = _failed(result)
-    flaky = failed & set(PROJECTS[name].load_sensitive)
+    flaky = _starved(name, result)
     if judged["verdict"] != ("fail" if known | flaky else "pass") or failed - flaky != known:
         _needs_wiring(name)
     if known | flaky:  # the sandbox agrees with host pytest: these tests, and only these, fail
-        assert judged["verdict"] == "fail" and failed - flaky == known, (judged["reasons"], result.output[-3000:])
+        assert judged["verdict"] == "fail" and failed - flaky == known, (
+            judged["reasons"], [t["message"][-600:] for t in result.tests if t["nodeid"] in failed - known])
         assert result.errors == 0 and result.passed > 0
         return
     assert judged["verdict"] == "pass", (name, judged["reasons"], result.output[-3000:])
@@ -170,7 +179,7 @@ def test_injected_bug_fails(baseline, tmp_path):
     result = run_tests(work, limits=limits_for(name, tag))
     assert result.verdict == "fail", (name, result.verdict, result.reasons, result.output[-3000:])
     assert result.failed >= 1
-    assert _failed(result) - set(PROJECTS[name].load_sensitive) > set(PROJECTS[name].known_failures)
+    assert _failed(result) - _starved(name, result) > set(PROJECTS[name].known_failures)
     assert rebase(result.model_dump(), base.model_dump())["verdict"] == "fail"
     if BASELINE_WIRED:
         assert run_tests(work, limits=limits_for(name, tag), baseline=base).verdict == "fail"
@@ -260,3 +269,32 @@ def test_the_loop_picks_the_derived_image_only_when_needed(client, tmp_path):
     assert _workspace_image(flat, "rsi-sandbox:latest") == "rsi-sandbox:latest"
     src = unpack("cachetools", tmp_path / "b")  # src layout: its derived image
     assert _workspace_image(src, "rsi-sandbox:latest").startswith("rsi-project-cachetools:")
+
+
+# The hostile suite (tests/hostile_cases.py) holds in a derived image too: the one with the most
+# added packages (attrs: hypothesis, pytest-xdist, psutil, mypy...; RSI_PYTHONPATH=/workspace/src).
+@pytest.fixture(scope="module")
+def derived_image(client, tmp_path_factory):
+    return build_project_image(client, unpack("attrs", tmp_path_factory.mktemp("attrs_hostile")))
+
+
+def _hostile_names():
+    from tests.hostile_cases import CASES
+
+    return sorted(CASES)
+
+
+@pytest.mark.parametrize("name", _hostile_names())
+def test_hostile_case_in_a_derived_image(name, tmp_path, client, derived_image, host_marker, host_secret):
+    from tests.conftest import tree_digest, write_tree
+    from tests.hostile_cases import CASES, DEFAULT_TIMEOUT, TIMEOUTS
+
+    files, expected = CASES[name]
+    expected = (expected,) if isinstance(expected, str) else expected
+    workspace = write_tree(tmp_path / "ws", files, {"MARKER": str(host_marker), "SECRET": host_secret})
+    before, marker_before = tree_digest(workspace), host_marker.read_text()
+    limits = SandboxLimits.load(image=derived_image, timeout_s=TIMEOUTS.get(name, DEFAULT_TIMEOUT))
+    result = run_tests(workspace, limits=limits, client=client)
+    assert result.verdict in expected, (result.verdict, result.reasons, result.output[-1500:])
+    assert tree_digest(workspace) == before, "the host workspace changed"
+    assert host_marker.read_text() == marker_before, "a host file changed"
