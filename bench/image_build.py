@@ -51,9 +51,7 @@ def main() -> None:
     ImageCollection.build = real
     size = client.images.get(TAG).attrs["Size"]
     print(f"{TAG}: built in {seconds:.1f} s ({seconds / 60:.1f} min), {size / 1e9:.2f} GB, {len(wheels)} wheels")
-    if not args.keep:
-        client.images.remove(TAG, noprune=False)
-    rec.write({
+    path = rec.write({
         "variant": args.variant,
         "tag": TAG,
         "base_image": base,
@@ -64,6 +62,11 @@ def main() -> None:
         "build_min": round(seconds / 60, 1),
         "image_size_gb": round(size / 1e9, 2),
     }, args.out)
+    if not args.keep:  # after the results are stored: a slow engine must not lose the measurement
+        try:
+            docker.from_env(timeout=600).images.remove(TAG, noprune=False)
+        except docker.errors.APIError as exc:
+            print(f"could not remove {TAG}: {exc} (results are in {path})", file=sys.stderr)
 
 
 if __name__ == "__main__":
