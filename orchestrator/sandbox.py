@@ -186,6 +186,12 @@ def sweep_leftovers(client) -> int:
                 removed += 1
             except docker.errors.APIError:
                 pass
+            for mount in c.get("Mounts") or []:  # a pool container's own staging directory (docker-pool)
+                source = str(mount.get("Source") or "")
+                if mount.get("Destination") == "/workspace" and \
+                        os.path.dirname(source) == tempfile.gettempdir() and \
+                        os.path.basename(source).startswith("rsi-pool-"):
+                    shutil.rmtree(source, ignore_errors=True)
     if removed:
         log.info("sandbox.swept", containers=removed)
     return removed

@@ -171,3 +171,18 @@ def test_ctrl_c_leaves_no_pool_container(docker_client, sandbox_image, tmp_path)
             proc.kill()
     label = f"{LABEL_PID}={proc.pid}"
     assert docker_client.api.containers(all=True, filters={"label": label}) == []
+
+
+def test_sweep_removes_a_dead_pools_containers_and_their_staging_dirs(docker_client, sandbox_image):
+    import socket
+    import tempfile
+
+    from orchestrator.sandbox import LABEL, LABEL_HOST, sweep_leftovers
+
+    stage = tempfile.mkdtemp(prefix="rsi-pool-")
+    docker_client.containers.create(sandbox_image, labels={LABEL: "1", LABEL_POOL: "1", LABEL_PID: "999999",
+                                                           LABEL_HOST: socket.gethostname()},
+                                    volumes={stage: {"bind": "/workspace", "mode": "ro"}})
+    assert sweep_leftovers(docker_client) >= 1
+    assert not os.path.exists(stage)
+    assert docker_client.api.containers(all=True, filters={"label": f"{LABEL_PID}=999999"}) == []
