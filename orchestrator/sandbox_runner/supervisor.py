@@ -276,6 +276,15 @@ def finish_phase(phase: dict, timeout_s: float, stdin_data: bytes | None = None,
     }
 
 
+def candidate_paths(value: str | None = None) -> dict:
+    """``PYTHONPATH`` for the candidate's processes (the visible pytest run, the judge's worker)
+    from a derived project image's ``RSI_PYTHONPATH`` (``/workspace/src`` for a src layout): only
+    entries inside /workspace, never for PID 1 or the judge."""
+    value = os.environ.get("RSI_PYTHONPATH", "") if value is None else value
+    keep = [p for p in value.split(":") if (p == WORKSPACE or p.startswith(WORKSPACE + "/")) and ".." not in p]
+    return {"PYTHONPATH": ":".join(keep)} if keep else {}
+
+
 def collect_evidence(timeout_s: float, tail_bytes: int, users: Users | None = None,
                      canaries: dict | None = None) -> dict:
     """Run pytest once on the workspace and return the raw evidence for the grader."""
@@ -283,7 +292,7 @@ def collect_evidence(timeout_s: float, tail_bytes: int, users: Users | None = No
     expected = expected_tests(WORKSPACE)
     args = users.wrap([PYTHON, "-P", "-s", "-B", "-m", "pytest", "-p", PLUGIN_MODULE, "-p", "no:cacheprovider",
                        "-q", "--rootdir", WORKSPACE, "--color=no", WORKSPACE], "candidate")
-    evidence = run_phase(args, {**BASE_ENV, "HOME": "/tmp"}, WORKSPACE, timeout_s, tail_bytes)
+    evidence = run_phase(args, {**BASE_ENV, "HOME": "/tmp", **candidate_paths()}, WORKSPACE, timeout_s, tail_bytes)
     evidence["expected"] = expected
     evidence["canaries"] = canaries or {"pass": [], "xfail": []}
     return evidence
@@ -360,7 +369,7 @@ class Broker(threading.Thread):
         try:
             proc = subprocess.Popen(
                 self.users.wrap([PYTHON, "-P", "-s", "-B", "-m", PACKAGE + ".worker"], "candidate"),
-                cwd=WORKSPACE, env={**BASE_ENV, "HOME": "/tmp", "RSI_REQ_FD": str(req_r),
+                cwd=WORKSPACE, env={**BASE_ENV, "HOME": "/tmp", **candidate_paths(), "RSI_REQ_FD": str(req_r),
                                     "RSI_RESP_FD": str(resp_w), "RSI_WORKSPACE": WORKSPACE},
                 stdin=subprocess.DEVNULL, stdout=self.out_w, stderr=self.out_w,
                 pass_fds=(req_r, resp_w), start_new_session=True)
