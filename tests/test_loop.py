@@ -62,7 +62,23 @@ def test_mutants_are_distinct_and_compile():
     assert any("Lt -> LtE" in m.description for m in ms) and any("return None" in m.description for m in ms)
 
 
-def test_adversarial_replies_never_count(tmp_path, sandbox_image):
+@pytest.fixture
+def no_screen(monkeypatch):
+    """The sandbox's own defences alone: the policy's hack screen (which refuses os._exit before
+    anything runs) is switched off, so the reply reaches the sandbox as it did before the screen."""
+    from orchestrator.policy import Policy
+
+    real = Policy.load
+
+    def load(path=None):
+        policy = real(path)
+        policy.screen.enabled = False
+        return policy
+
+    monkeypatch.setattr(Policy, "load", staticmethod(load))
+
+
+def test_adversarial_replies_never_count(tmp_path, sandbox_image, no_screen):
     """Protected-test edit, os._exit(0), test that asserts nothing: none archived or kept; the honest fix is."""
     replies = write_replies(tmp_path / "r.jsonl", [
         patch("def test_add():\n    pass\n", path="test_example.py"),      # rejected by policy (retry)
@@ -165,7 +181,9 @@ def test_sigkill_at_random_points_then_resume(tmp_path, sandbox_image):
     kills = 0
     for attempt in range(12):
         proc = _run_cli(args)
-        delay = rng.uniform(0.4, 3.0)
+        # three kills at random points, then the resumed run is left to finish (a judged sandbox run
+        # takes seconds on a loaded machine: killing every attempt could stop all progress)
+        delay = rng.uniform(0.4, 3.0) if kills < 3 else 600
         try:
             proc.wait(timeout=delay)
         except subprocess.TimeoutExpired:
@@ -192,7 +210,8 @@ def test_status_command(tmp_path, sandbox_image):
     Loop(tmp_path / "run", config(), ReplayBackend(replies), task=seed_task()).run()
     out = subprocess.run([sys.executable, "-m", "orchestrator.cli", "status", str(tmp_path / "run")],
                          capture_output=True, text=True, cwd=ROOT)
-    assert out.returncode == 0 and "best reward 2/2" in out.stdout and "solved" in out.stdout
+    # the seed's 2 visible tests and its 2 hidden tests, all judged: the fix solves all 4
+    assert out.returncode == 0 and "best reward 4/4" in out.stdout and "solved" in out.stdout
     data = json.loads(subprocess.run([sys.executable, "-m", "orchestrator.cli", "status", str(tmp_path / "run"),
                                       "--json"], capture_output=True, text=True, cwd=ROOT).stdout)
     assert data["audit_intact"] and data["samples"] == 2
@@ -211,7 +230,8 @@ def test_report_from_a_run(tmp_path, sandbox_image):
                          capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     text = (tmp_path / "run" / "report.md").read_text()
-    assert "audit log: intact" in text and "| 1 | 1 | fail | yes" in text and "| 2 | 0 |" in text
+    # iteration 1 fixes add: its visible and hidden add tests pass, 2 of the 4 judged tests
+    assert "audit log: intact" in text and "| 1 | 2 | fail | yes" in text and "| 2 | 0 |" in text
     assert (tmp_path / "run" / "report_reward.png").stat().st_size > 5000
     assert write_report(tmp_path / "run") == tmp_path / "run" / "report.md"
 
