@@ -15,6 +15,7 @@ from pathlib import Path
 from . import prompts
 from .policy import Policy
 from .protocol import apply_reply
+from .reply_format import JSON, for_request
 from .sandbox import SandboxLimits, SandboxResult, run_tests
 from .tasks import protected_files
 from .workspace import Workspace
@@ -103,9 +104,14 @@ def attempt_task(backend, task, ws_dir: Path, limits: SandboxLimits, seed: int |
     scored = set(policy.protected) | set(task.hidden_tests)
     sources = [str(p.relative_to(ws.path)) for p in sorted(ws.path.rglob("*.py"))
                if str(p.relative_to(ws.path)) not in policy.protected and ".git" not in p.parts]
-    messages = prompts.patch_messages(ws.path, sources, policy.protected, None)
-    reply = backend.generate(messages, "patch", task.id, **({"seed": seed} if seed is not None else {}))
-    applied = apply_reply(ws, None, reply, "patch", policy)
+    # the model's own reply format (as the rounds train it), so the gate measures what is trained
+    try:
+        fmt = for_request(getattr(backend, "reply_format", "json") or "json", "patch", sources, ws.path)
+    except ValueError:
+        fmt = JSON
+    messages = prompts.patch_messages(ws.path, sources, policy.protected, None, fmt)
+    reply = backend.generate(messages, "patch", task.id, fmt=fmt, **({"seed": seed} if seed is not None else {}))
+    applied = apply_reply(ws, None, reply, "patch", policy, fmt=fmt)
     if not applied.decision.accepted:
         return Attempt(applied.decision, None, scored)
     return Attempt(applied.decision, run_judged(ws.path, policy.protected, task.hidden_tests, limits,
