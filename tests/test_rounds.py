@@ -7,6 +7,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -58,8 +59,10 @@ def test_rounds_cli_replay_real_sandbox_kill_and_resume(tmp_path, sandbox_image)
     cfg.write_text("[rounds]\nrounds = 2\ntasks_per_round = 2\nk = 2\nmax_retries = 1\nconcurrency = 2\n")
     base = ["--backend", "replay", "--replies", str(replies), "--config", str(cfg), "--tasks", TASKS]
     clean = tmp_path / "clean"
+    started = time.monotonic()
     proc = cli(base + ["--run-dir", str(clean)])
     _, err = proc.communicate(timeout=600)
+    clean_s = time.monotonic() - started
     assert proc.returncode == 0, err.decode()[-2000:]
     state = json.loads((clean / "rounds.json").read_text())
     assert state["stop_reason"] == "maximum of 2 rounds reached" and len(state["rounds"]) == 2
@@ -93,8 +96,9 @@ def test_rounds_cli_replay_real_sandbox_kill_and_resume(tmp_path, sandbox_image)
     args, kills = base + ["--run-dir", str(crashed)], 0
     for attempt in range(6):
         proc = cli(args)
-        try:  # three kills at random points, then it runs to the end
-            proc.wait(timeout=rng.uniform(3.0, 15.0) if attempt < 3 else 600)
+        try:  # three kills at random points (a fraction of the clean run's time: the first always lands
+            # inside the run, on a fast machine too), then it runs to the end
+            proc.wait(timeout=rng.uniform(0.1, 0.6) * clean_s if attempt < 3 else 600)
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
