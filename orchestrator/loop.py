@@ -175,8 +175,9 @@ class Loop:
         """Protected + generated tests in-process, hidden + protected tests judged out of process:
         (result, reward from the judged tests only, broke a generated test)."""
         self.ws.verify_protected(self.state.protected)
+        baseline = SandboxResult(**self.state.baseline) if self.state.baseline else None
         result = run_judged(self.ws.path, sorted(self.state.protected), self.hidden, self.limits,
-                            self.judge_visible)
+                            self.judge_visible, baseline=baseline)
         reward, total = count_reward(result)
         self.state.max_reward = max(self.state.max_reward, total)
         generated = [t for t in result.tests if t["nodeid"].split("::", 1)[0] in self.state.generated_tests]
@@ -230,6 +231,7 @@ class Loop:
         self.state.best_commit = self.ws.head()
         self.state.iteration, self.state.step = 1, "patch"
         self.state.last_result = result.model_dump(exclude={"output"})
+        self.state.baseline = result.model_dump(exclude={"output"})  # later runs: its skips are excused
         judged = result.judged
         self._progress("baseline", f"reward {reward}/{self.state.max_reward} ({result.verdict}); the reward counts "
                                    f"only the {len(judged.tests) if judged else 0} tests judged out of process "

@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .policy import POLICIES_DIR
 from .sandbox_runner.codec import CodecError
+from .sandbox_runner.baseline import rebase
 from .sandbox_runner.codec import loads as bounded_loads
 from .sandbox_runner.grader import grade
 from .sandbox_runner.supervisor import FRAME_TAG
@@ -120,6 +121,7 @@ class PhaseResult(BaseModel):
     output_bytes: int = 0
     reasons: list[str] = []
     tests: list[dict] = []
+    excused: list[str] = []  # skips/xfails the baseline explains (run_tests(baseline=...)); never passes
 
 
 class JudgedResult(PhaseResult):
@@ -436,16 +438,36 @@ def check_runtime(client, runtime: str) -> None:
 
 def run_tests(workspace: Path | str, limits: SandboxLimits | None = None, timeout_s: float | None = None,
               client=None, overlay: dict[str, str] | None = None, exclude: set[str] | None = None,
-              judge: dict[str, str] | None = None) -> SandboxResult:
+              judge: dict[str, str] | None = None, baseline: "SandboxResult | None" = None) -> SandboxResult:
     """Run the workspace's tests once in a fresh container and grade them. ``judge``: hidden
     tests ({relative path: source}) run by the judge, out of the candidate's reach; they are
-    never written into the workspace the candidate sees. The run goes to the provider named by
+    never written into the workspace the candidate sees. ``baseline``: the result of the same
+    kind of run on the untouched project (or the last accepted state): skips and xfails it
+    explains do not fail this run (``with_baseline``). The run goes to the provider named by
     ``limits.provider`` (policies/sandbox.toml); an explicit ``client`` means this engine, directly."""
     limits = limits or SandboxLimits.load()
     if client is None and (limits.provider != "docker" or _sandboxes().overridden()):
-        return _sandboxes().provider_for(limits).run(workspace, limits, overlay=overlay, exclude=exclude, judge=judge,
-                                        timeout_s=timeout_s)
-    return run_in_fresh_container(workspace, limits, timeout_s, client, overlay, exclude, judge)
+        result = _sandboxes().provider_for(limits).run(workspace, limits, overlay=overlay, exclude=exclude,
+                                                       judge=judge, timeout_s=timeout_s)
+    else:
+        result = run_in_fresh_container(workspace, limits, timeout_s, client, overlay, exclude, judge)
+    return with_baseline(result, baseline) if baseline is not None else result
+
+
+def with_baseline(result: SandboxResult, baseline: SandboxResult) -> SandboxResult:
+    """``result`` judged against ``baseline`` (sandbox_runner/baseline.py ``rebase``), phase by
+    phase: a skip, xfail or xpass is excused only where the baseline has the same test with the
+    same outcome and reason in a file the model cannot write; a test of the baseline that is no
+    longer collected fails the run. Counts are never changed, so the reward (tests that ran and
+    passed) is the same with or without a baseline."""
+    def rebased(phase: PhaseResult, base: PhaseResult) -> dict:
+        out = rebase(phase.model_dump(exclude={"judged"}), base.model_dump(exclude={"judged"}))
+        return {"verdict": out["verdict"], "reasons": out["reasons"], "excused": out["excused"]}
+
+    update = rebased(result, baseline)
+    if result.judged is not None and baseline.judged is not None:
+        update["judged"] = result.judged.model_copy(update=rebased(result.judged, baseline.judged))
+    return result.model_copy(update=update)
 
 
 def _sandboxes():

@@ -44,6 +44,7 @@ class AgentState(BaseModel):
     train_plateau: int = 0       # training bursts in a row without a held-out improvement beyond noise
     backend_snapshot: dict = Field(default_factory=dict)
     last_result: dict | None = None  # the last evaluation, shown in the next patch prompt
+    baseline: dict | None = None     # the untouched workspace's evaluation: the skips it explains are excused
     samples: int = 0
     stop_reason: str | None = None
 

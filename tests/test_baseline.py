@@ -143,3 +143,37 @@ def test_xfail_reason_ignores_object_addresses_and_the_traceback_body():
     other = {"tests/test_a.py::test_ok": ("passed", ""),
              "tests/test_a.py::test_x": ("xfailed", "E   ValueError: something else")}
     assert rebase(_report(other), base)["verdict"] == "fail"
+
+
+# ----- run_tests(baseline=...): both phases of a SandboxResult -----
+
+def _result(tests: dict, judged: dict | None = None):
+    from orchestrator.sandbox import SandboxResult
+
+    return SandboxResult(**(_report(tests) | {"judged": _report(judged) if judged is not None else None}))
+
+
+def test_with_baseline_excuses_in_both_phases_and_keeps_the_counts():
+    from orchestrator.sandbox import with_baseline
+
+    hidden = {"hidden/test_h.py::test_h": ("passed", ""),
+              "tests/test_a.py::test_new_python": ("skipped", SKIP_MSG)}
+    base = _result(BASE, hidden)
+    run = _result(BASE, hidden)
+    assert run.verdict == "fail" and run.judged.verdict == "fail"  # strict without a baseline
+    out = with_baseline(run, base)
+    assert out.verdict == "pass" and out.judged.verdict == "pass"
+    assert sorted(out.excused) == ["tests/test_a.py::test_known_bug", "tests/test_a.py::test_new_python"]
+    assert (out.passed, out.skipped, out.judged.passed) == (run.passed, run.skipped, run.judged.passed)
+
+
+def test_with_baseline_never_excuses_a_new_skip_or_a_failure():
+    from orchestrator.sandbox import with_baseline
+
+    base = _result(BASE)
+    new_skip = dict(BASE) | {"tests/test_a.py::test_ok": ("skipped", SKIP_MSG.replace("7", "9"))}
+    assert with_baseline(_result(new_skip), base).verdict == "fail"
+    failing = dict(BASE) | {"tests/test_a.py::test_ok": ("failed", "assert 1 == 2")}
+    assert with_baseline(_result(failing), base).verdict == "fail"
+    missing = {k: v for k, v in BASE.items() if k != "tests/test_a.py::test_ok"}
+    assert with_baseline(_result(missing), base).verdict == "fail"

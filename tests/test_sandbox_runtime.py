@@ -236,3 +236,34 @@ def test_parallel_runs_are_independent(tmp_path, sandbox_image, docker_client):
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(lambda w: run_tests(w, client=docker_client), spaces))
     assert [r.verdict for r in results] == [CASES[n][1] for n in names]
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("skips,files,code,verdict", [
+    (None, {"test_a.py": "import pytest\ndef test_ok():\n    pass\n@pytest.mark.skip('not here')\n"
+                         "def test_s():\n    pass\n"}, 0, "pass"),
+    ("strict", {"test_a.py": "import pytest\ndef test_ok():\n    pass\n@pytest.mark.skip('not here')\n"
+                             "def test_s():\n    pass\n"}, 1, "fail"),
+    (None, {"test_a.py": "import pytest\ndef test_bad():\n    assert False\n@pytest.mark.skip('x')\n"
+                         "def test_s():\n    pass\n"}, 1, "fail"),          # a failure still fails
+    (None, {"test_a.py": "import pytest\n@pytest.mark.skip('x')\ndef test_s():\n    pass\n"}, 1, "fail"),  # nothing ran
+    ("maybe", {"test_a.py": "def test_ok():\n    pass\n"}, 1, "error"),      # a bad switch is one clear reason
+])
+def test_standalone_skip_rule(skips, files, code, verdict, tmp_path, docker_client, sandbox_image):
+    """RSI_SKIPS standalone: `pytest` (the default) reports skips without failing; `strict` fails."""
+    workspace = write_tree(tmp_path / "ws", files)
+    os.chmod(tmp_path, 0o755)
+    container = docker_client.containers.run(
+        sandbox_image, detach=True, volumes={str(workspace): {"bind": "/workspace", "mode": "ro"}},
+        network_mode="none", environment={"RSI_SKIPS": skips} if skips else {},
+        labels={LABEL: "1", LABEL_PID: str(os.getpid())})
+    try:
+        status = container.wait(timeout=60)["StatusCode"]
+        report = json.loads(container.logs(stdout=True, stderr=False).decode().strip().splitlines()[-1])
+    finally:
+        container.remove(force=True)
+    assert (status, report["verdict"]) == (code, verdict), report
+    if verdict == "error":
+        assert "RSI_SKIPS" in report["reasons"][0]
+    if skips is None and verdict == "pass":
+        assert report["skipped"] == 1 and report["passed"] == 1 and report["excused"] == ["test_a.py::test_s"]

@@ -38,6 +38,7 @@ import threading
 import time
 import zlib
 
+from .baseline import apply_skip_mode, skip_mode_from_env
 from .codec import MAX_FRAME, CodecError, loads, read_frame, write_frame
 from .grader import grade
 
@@ -594,13 +595,18 @@ def serve_once(nonce: str, tail_bytes: int, users: Users) -> int:
 
 
 def _judge_and_report(evidence: dict, judged: dict | None, timeout_s: float, tail_bytes: int,
-                      call_timeout_s: float, users: Users, nonce: str) -> int:
+                      call_timeout_s: float, users: Users, nonce: str, skips: str = "") -> int:
     if judged is not None:
         try:
             evidence["judge"] = collect_judged(judged, timeout_s, tail_bytes, call_timeout_s, users)
         except Exception as exc:  # noqa: BLE001 - the judge could not start: an error, never a pass
             evidence["judge"] = {"refused": f"the judge could not run ({type(exc).__name__}: {exc})"[:500]}
     report = grade(evidence)
+    if not nonce:  # standalone (no reward at stake): RSI_SKIPS picks the skip rule; the host grades strictly
+        try:
+            report = apply_skip_mode(report, skip_mode_from_env({"RSI_SKIPS": skips}))
+        except ValueError as exc:
+            report = {**report, "verdict": "error", "reasons": [str(exc)]}
     if nonce:
         out = frame({"evidence": evidence, "graded": report}, bytes.fromhex(nonce))
     else:
@@ -639,6 +645,7 @@ def main() -> int:
                 signal.SIGUSR1, signal.SIGUSR2, signal.SIGPIPE):
         signal.signal(sig, lambda *_: None)  # handlers, unlike SIG_IGN, reset at exec
     nonce = os.environ.pop("RSI_NONCE", "")
+    skips = os.environ.pop("RSI_SKIPS", "")
     timeout_s = float(os.environ.pop("RSI_TIMEOUT", "60"))
     tail_bytes = int(os.environ.pop("RSI_OUTPUT_TAIL", "16384"))
     call_timeout_s = float(os.environ.pop("RSI_CALL_TIMEOUT", "10"))
@@ -650,4 +657,4 @@ def main() -> int:
     if pooled:
         return serve_once(nonce, tail_bytes, users)
     evidence = collect_evidence(timeout_s, tail_bytes, users, canaries)
-    return _judge_and_report(evidence, judged, timeout_s, tail_bytes, call_timeout_s, users, nonce)
+    return _judge_and_report(evidence, judged, timeout_s, tail_bytes, call_timeout_s, users, nonce, skips)
