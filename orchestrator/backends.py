@@ -26,7 +26,7 @@ from pathlib import Path
 import requests
 
 from .adapters import AdapterRefused, check_adapter_dir
-from .reply_format import JSON, ReplyFormat, has_closed_block
+from .reply_format import JSON, ReplyFormat, has_closed_block, through_first_block
 from .schema import json_schema
 
 # Decoding-time constraints (stricter than validation, which the policy does): small models
@@ -202,9 +202,10 @@ class OpenAIBackend(Backend):
         if resp.status_code != 200:
             raise BackendError(f"{self.base_url} answered {resp.status_code}: {resp.text[:300]}")
         try:
-            return resp.json()["choices"][0]["message"]["content"] or ""
+            text = resp.json()["choices"][0]["message"]["content"] or ""
         except (ValueError, KeyError, IndexError, TypeError) as exc:
             raise BackendError(f"unexpected answer from {self.base_url}: {resp.text[:300]}") from exc
+        return through_first_block(text) if fmt.name == "code" else text
 
 
 PROBE_MESSAGES = [{"role": "user", "content": "Write a Python function that returns the sum of a list of numbers."}]
@@ -283,9 +284,11 @@ class VLLMBackend(OpenAIBackend):
             body["seed"] = seed
         out = self._chat({k: v for k, v in (body | self.request_options).items() if v is not None})  # None: drop
         try:
-            return [self.reply_of(c["message"]) for c in sorted(out["choices"], key=lambda c: c["index"])]
+            replies = [self.reply_of(c["message"]) for c in sorted(out["choices"], key=lambda c: c["index"])]
         except (KeyError, TypeError) as exc:
             raise BackendError(f"unexpected answer from {self.base_url}: {str(out)[:300]}") from exc
+        # code: the reply ends with its first complete block, as the local backend stops decoding there
+        return [through_first_block(r) for r in replies] if fmt.name == "code" else replies
 
     # ----- adapters -----
     def _admin(self, action: str, body: dict) -> requests.Response:

@@ -116,6 +116,17 @@ def has_closed_block(text: str) -> bool:
     return bool(find_blocks(text)[1])
 
 
+def through_first_block(text: str) -> str:
+    """``text`` up to the end of its first complete fenced block (what a generation stopped there
+    would have written; the local backend stops decoding at that point, a server's reply is cut the
+    same way). Text without a closed block comes back unchanged, so an unterminated or missing block
+    is still refused by ``code_reply_to_json``."""
+    lines, blocks, _ = find_blocks(text)
+    if not blocks:
+        return text
+    return "\n".join(text.split("\n")[:blocks[0].end + 1])
+
+
 def _extract(code: str, detail: str) -> ReplyError:
     return ReplyError([Rejection(stage="extract", code=code, detail=detail)])
 

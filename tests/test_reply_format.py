@@ -14,6 +14,7 @@ from orchestrator.config import ModelSection, RunConfig
 from orchestrator.policy import Policy
 from orchestrator.protocol import apply_reply, check, reply_digest
 from orchestrator.reply_format import (JSON, ReplyFormat, code_reply_to_json, find_blocks, for_request,
+                                       through_first_block,
                                        fresh_test_path, has_closed_block)
 from orchestrator.schema import ReplyError
 from orchestrator.workspace import Workspace
@@ -203,3 +204,22 @@ def test_make_backend_sets_the_models_format(tmp_path):
     fmt = for_request(backend.reply_format, "patch", ["example.py"])
     reply = backend.generate([], "patch", fmt=fmt)
     assert convert(reply)["edits"][0]["content"] == FIX
+
+
+# --- a server's code-format reply is cut where the local backend stops decoding ---
+
+@pytest.mark.parametrize("text,kept", [
+    (f"Here:\n```python\n{FIX}```\nand a test:\n```python\nassert add(1, 2) == 3\n```\n", f"Here:\n```python\n{FIX}```"),
+    (f"```python\n{FIX}```\nThis fixes the bug.", f"```python\n{FIX}```"),
+    (f"```python\n{FIX}", f"```python\n{FIX}"),             # unterminated: unchanged, still refused
+    ("no block at all", "no block at all"),
+])
+def test_through_first_block(text, kept):
+    assert through_first_block(text) == kept
+
+
+def test_a_cut_reply_is_accepted_and_an_unterminated_one_still_refused():
+    two = f"```python\n{FIX}```\nand a test:\n```python\nassert add(1, 2) == 3\n```"
+    assert refusal(two) == "multiple_code_blocks"
+    assert convert(through_first_block(two))["edits"][0]["content"] == FIX
+    assert refusal(through_first_block(f"```python\n{FIX}")) == "unterminated_code_block"

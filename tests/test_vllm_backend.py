@@ -86,6 +86,27 @@ def test_batched_samples_are_seeded(vllm_engine):
         backend.generate_many(tests, "tests", n=2, temperature=0.0)
 
 
+def test_code_format_replies_end_with_their_first_block(vllm_engine):
+    """Asked for a fenced block, a model often adds prose and a second block (a usage example); the
+    server's reply is cut after the first complete block, as the local backend stops decoding there,
+    so the protocol sees one block, not a `multiple_code_blocks` refusal."""
+    from orchestrator.reply_format import find_blocks, for_request
+    from orchestrator.tasks import seed_task
+
+    root = Path(seed_task().source_dir)
+    fmt = for_request("code", "patch", ["example.py"], root)
+    backend = backend_on(vllm_engine, max_tokens=400)
+    from orchestrator import prompts
+    from orchestrator.tasks import protected_files
+    messages = prompts.patch_messages(root, ["example.py"], protected_files(root), None, fmt)
+    replies = backend.generate_many(messages, "patch", n=4, temperature=0.8, seed=3, fmt=fmt)
+    for reply in replies:
+        _, blocks, unterminated = find_blocks(reply)
+        assert len(blocks) + unterminated <= 1, reply
+        if blocks:
+            assert reply.rstrip().endswith(("```", "~~~")), reply
+
+
 def test_adapter_hot_load_probe_refusals_and_unload(vllm_engine, adapters, tmp_path):
     backend = backend_on(vllm_engine)
     # an adapter that changes nothing never reaches "served": the probe sees the base model
