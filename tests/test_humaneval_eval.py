@@ -74,6 +74,45 @@ def test_reward_hacks_never_count(tmp_path, sandbox_image):
         assert all(r.correct == 0 for r in results), (hack, [r.verdicts for r in results])
 
 
+@pytest.mark.docker
+def test_a_batching_backend_gets_problems_concurrently_with_the_same_results(tmp_path, sandbox_image):
+    """vLLM batches concurrent requests: the gate's problems go out together, and the results
+    (order included) are those of the one-at-a-time evaluation."""
+    import threading
+    import time as _time
+
+    ids = task_ids("heldout")[:6]
+    replies = _replies(tmp_path / "mixed.jsonl", lambda p: p["prompt"] + (
+        p["canonical_solution"] if int(p["task_id"].split("/")[1]) % 10 == 0 else "    return None\n"))
+
+    class Batching(ReplayBackend):
+        capabilities = frozenset({"batching"})
+
+        def __init__(self, path):
+            super().__init__(path)
+            self.lock, self.in_flight, self.peak = threading.Lock(), 0, 0
+
+        def generate(self, *args, **kwargs):
+            with self.lock:
+                self.in_flight += 1
+                self.peak = max(self.peak, self.in_flight)
+            _time.sleep(0.3)  # a request in the server's batch
+            try:
+                with self.lock:
+                    return super().generate(*args, **kwargs)
+            finally:
+                with self.lock:
+                    self.in_flight -= 1
+
+    batched = Batching(replies)
+    together = evaluate(batched, ids)
+    one_by_one = evaluate(ReplayBackend(replies), ids)
+    assert batched.peak > 1 and [r.task_id for r in together] == ids
+    assert [(r.task_id, r.correct, r.verdicts) for r in together] == [
+        (r.task_id, r.correct, r.verdicts) for r in one_by_one]
+    assert sum(r.correct for r in together) == 3  # HumanEval/0, /10 and /20 solved, the rest wrong
+
+
 def test_contamination_check(tmp_path):
     p0 = humaneval_problems()["HumanEval/0"]
     leaked = tmp_path / "leaked.jsonl"
