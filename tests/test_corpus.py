@@ -298,3 +298,23 @@ def test_hostile_case_in_a_derived_image(name, tmp_path, client, derived_image, 
     assert result.verdict in expected, (result.verdict, result.reasons, result.output[-1500:])
     assert tree_digest(workspace) == before, "the host workspace changed"
     assert host_marker.read_text() == marker_before, "a host file changed"
+
+
+def test_a_src_layout_on_the_pool(client, tmp_path):
+    """The docker-pool provider's zygote starts before the workspace exists: the derived image's
+    RSI_PYTHONPATH (/workspace/src) must still reach the candidate's pytest (cachetools imports its
+    own code only through it), and the injected bug still fails."""
+    from orchestrator.sandboxes.pool import DockerPool
+
+    name = "cachetools"
+    src = unpack(name, tmp_path / "src")
+    limits = limits_for(name, build_project_image(client, src))
+    work = tmp_path / "work"
+    shutil.copytree(src, work, symlinks=True)
+    path, old, new = PROJECTS[name].bug
+    (work / path).write_text((work / path).read_text().replace(old, new))
+    with DockerPool(limits, client=client, size=1) as pool:
+        clean = pool.run(src, limits)
+        buggy = pool.run(work, limits)
+    assert clean.verdict == "pass" and clean.passed > 100 and clean.errors == 0, (clean.reasons, clean.output[-2000:])
+    assert buggy.verdict == "fail" and buggy.failed >= 1

@@ -555,8 +555,8 @@ def start_visible(users: Users, tail_bytes: int) -> tuple[dict, int]:
     go_r, go_w = os.pipe()
     args = users.wrap([PYTHON, "-P", "-s", "-B", "-m", PACKAGE + ".zygote"], "candidate")
     try:
-        phase = spawn_phase(args, {**BASE_ENV, "HOME": "/tmp", "RSI_GO_FD": str(go_r)}, WORKSPACE, tail_bytes,
-                            extra_fds=(go_r,))
+        phase = spawn_phase(args, {**BASE_ENV, "HOME": "/tmp", **candidate_paths(), "RSI_GO_FD": str(go_r)},
+                            WORKSPACE, tail_bytes, extra_fds=(go_r,))
     finally:
         os.close(go_r)
     return phase, go_w

@@ -10,6 +10,7 @@ without running anything. No untrusted code runs before the go.
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 
@@ -31,6 +32,11 @@ def main() -> int:
         os.close(go_fd)
     if data != b"go":
         os._exit(3)
+    # The workspace exists only now: forget that its PYTHONPATH entries (a derived image's
+    # /workspace/src) were missing when the interpreter started.
+    for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+        sys.path_importer_cache.pop(entry, None)
+    importlib.invalidate_caches()
     sys.argv = ["pytest", "-p", __package__ + ".reporter", "-p", "no:cacheprovider", "-q", "--rootdir", "/workspace",
                 "--color=no", "/workspace"]
     return pytest.console_main()
