@@ -17,6 +17,8 @@ from .policy import Policy
 from .protocol import apply_reply
 from .reply_format import JSON, for_request
 from .sandbox import SandboxLimits, SandboxResult, run_tests
+from .sandbox_runner.testpaths import resolve as resolve_testpaths
+from .sandbox_runner.testpaths import within
 from .tasks import protected_files
 from .workspace import Workspace
 
@@ -36,8 +38,9 @@ def judged_tests(ws_path: Path, protected: list[str], hidden: dict[str, str],
     test files (read from the workspace, whose protected files the loop verifies unchanged)."""
     out = {f"{HIDDEN_DIR}/{name}": text for name, text in hidden.items()}
     if judge_visible:
+        paths = resolve_testpaths(str(ws_path))  # the files pytest collects in the visible run
         for rel in protected:
-            if _is_test_file(rel):
+            if _is_test_file(rel) and within(rel, paths):
                 out[f"{VISIBLE_DIR}/{rel}"] = (Path(ws_path) / rel).read_text()
     return out
 

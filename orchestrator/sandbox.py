@@ -40,6 +40,8 @@ from .sandbox_runner.baseline import rebase
 from .sandbox_runner.codec import loads as bounded_loads
 from .sandbox_runner.grader import grade
 from .sandbox_runner.supervisor import FRAME_TAG
+from .sandbox_runner.testpaths import resolve as resolve_testpaths
+from .sandbox_runner.testpaths import within
 
 log = structlog.get_logger(__name__)
 
@@ -292,7 +294,8 @@ def _test_files(root: Path) -> list[Path]:
 def stage_canaries(root: Path, rng: random.Random) -> dict:
     """Write two must-pass tests and one strict xfail next to randomly chosen test files;
     return their node ids."""
-    files = _test_files(root)
+    paths = resolve_testpaths(str(root))  # only where pytest collects (the project's testpaths)
+    files = [f for f in _test_files(root) if within(f.relative_to(root).as_posix(), paths)]
     out = {"pass": [], "xfail": []}
     if not files:
         return out

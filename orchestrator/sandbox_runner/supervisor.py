@@ -41,6 +41,8 @@ import zlib
 from .baseline import apply_skip_mode, skip_mode_from_env
 from .codec import MAX_FRAME, CodecError, loads, read_frame, write_frame
 from .grader import grade
+from .testpaths import resolve as resolve_testpaths
+from .testpaths import within
 
 WORKSPACE = "/workspace"
 PACKAGE = __package__
@@ -64,10 +66,11 @@ def make_non_dumpable() -> bool:
         return False
 
 
-def expected_tests(root: str) -> list[str]:
+def expected_tests(root: str, paths: list[str] | None = None) -> list[str]:
     """Node-id prefixes of the tests visible in the source (a lower bound on what
     pytest must collect): module-level ``test*`` functions and ``test*`` methods of
-    ``Test*`` classes without ``__init__``, in ``test_*.py`` / ``*_test.py`` files."""
+    ``Test*`` classes without ``__init__``, in ``test_*.py`` / ``*_test.py`` files, inside the
+    project's ``testpaths`` (``paths``, root-relative; all of the root when empty or None)."""
     found: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in SKIP_DIRS)
@@ -76,6 +79,8 @@ def expected_tests(root: str) -> list[str]:
                 continue
             path = os.path.join(dirpath, name)
             rel = os.path.relpath(path, root).replace(os.sep, "/")
+            if not within(rel, paths or []):
+                continue
             try:
                 if os.path.islink(path) or os.path.getsize(path) > MAX_SCAN_BYTES:
                     continue
@@ -277,6 +282,11 @@ def finish_phase(phase: dict, timeout_s: float, stdin_data: bytes | None = None,
     }
 
 
+def pytest_targets(paths: list[str]) -> list[str]:
+    """pytest's path arguments: the project's testpaths inside the workspace, else the workspace."""
+    return [f"{WORKSPACE}/{p}" for p in paths] or [WORKSPACE]
+
+
 def candidate_paths(value: str | None = None) -> dict:
     """``PYTHONPATH`` for the candidate's processes (the visible pytest run, the judge's worker)
     from a derived project image's ``RSI_PYTHONPATH`` (``/workspace/src`` for a src layout): only
@@ -290,9 +300,10 @@ def collect_evidence(timeout_s: float, tail_bytes: int, users: Users | None = No
                      canaries: dict | None = None) -> dict:
     """Run pytest once on the workspace and return the raw evidence for the grader."""
     users = users or Users("", "")
-    expected = expected_tests(WORKSPACE)
+    paths = resolve_testpaths(WORKSPACE)  # the project's testpaths, read before any candidate code runs
+    expected = expected_tests(WORKSPACE, paths)
     args = users.wrap([PYTHON, "-P", "-s", "-B", "-m", "pytest", "-p", PLUGIN_MODULE, "-p", "no:cacheprovider",
-                       "-q", "--rootdir", WORKSPACE, "--color=no", WORKSPACE], "candidate")
+                       "-q", "--rootdir", WORKSPACE, "--color=no", *pytest_targets(paths)], "candidate")
     evidence = run_phase(args, {**BASE_ENV, "HOME": "/tmp", **candidate_paths()}, WORKSPACE, timeout_s, tail_bytes)
     evidence["expected"] = expected
     evidence["canaries"] = canaries or {"pass": [], "xfail": []}
@@ -582,7 +593,7 @@ def serve_once(nonce: str, tail_bytes: int, users: Users) -> int:
     canaries = go.get("canaries") or {"pass": [], "xfail": []}
     judged = go.get("judge")
     judged = {str(k): str(v) for k, v in judged.items()} if isinstance(judged, dict) else None
-    expected = expected_tests(WORKSPACE)
+    expected = expected_tests(WORKSPACE, resolve_testpaths(WORKSPACE))  # the zygote targets the same paths
     try:
         os.write(go_w, b"go")
     except OSError:

@@ -37,8 +37,11 @@ def main() -> int:
     for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep):
         sys.path_importer_cache.pop(entry, None)
     importlib.invalidate_caches()
+    from .testpaths import resolve  # read before the candidate's code runs, as the supervisor does
+
+    targets = [f"/workspace/{p}" for p in resolve("/workspace")] or ["/workspace"]
     sys.argv = ["pytest", "-p", __package__ + ".reporter", "-p", "no:cacheprovider", "-q", "--rootdir", "/workspace",
-                "--color=no", "/workspace"]
+                "--color=no", *targets]
     return pytest.console_main()
 
 

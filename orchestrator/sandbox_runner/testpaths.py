@@ -1,0 +1,107 @@
+"""The project's ``testpaths``: where pytest collects when it is given no path. Pure, stdlib only.
+
+pytest reads ``testpaths`` from the first configuration file of the rootdir that holds a pytest
+section: ``pytest.ini`` / ``.pytest.ini`` (``[pytest]``, used even when empty), ``pyproject.toml``
+(``[tool.pytest.ini_options]``), ``tox.ini`` (``[pytest]``), ``setup.cfg`` (``[tool:pytest]``).
+Entries are paths relative to the rootdir and may be glob patterns. A project that keeps code
+outside them that is not meant to be collected (attrs: benchmarks that need a plugin) fails when
+the whole directory is collected, so the sandbox runs pytest on these paths, and everything that
+must agree with what pytest collects uses the same answer: the supervisor's expected-test scan and
+the pooled zygote in the container, the host's canary staging and the judge's visible files.
+
+Runs as root in the container on files a model may have written (in rsi-lab's own runs the
+configuration files are protected by the patch policy; standalone, the project is the user's own):
+each file is read with a size bound, every parse error means "no testpaths" (pytest reports a
+broken configuration itself), and a path is kept only when it stays inside the root without
+following a symlink out of it.
+"""
+
+from __future__ import annotations
+
+import configparser
+import glob
+import os
+import tomllib
+
+MAX_CONFIG_BYTES = 256 * 1024
+MAX_PATHS = 64
+_INI = (("pytest.ini", "pytest"), (".pytest.ini", "pytest"), ("pyproject.toml", None), ("tox.ini", "pytest"),
+        ("setup.cfg", "tool:pytest"))
+
+
+def _read(path: str) -> str | None:
+    try:
+        if os.path.islink(path) or not os.path.isfile(path) or os.path.getsize(path) > MAX_CONFIG_BYTES:
+            return None
+        with open(path, "rb") as fh:
+            return fh.read(MAX_CONFIG_BYTES + 1).decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def configured(root: str) -> list[str] | None:
+    """The raw ``testpaths`` entries of the configuration pytest would use in ``root``; None when
+    that file sets none (or cannot be read: pytest then decides and reports)."""
+    for name, section in _INI:
+        text = _read(os.path.join(root, name))
+        if text is None:
+            continue
+        try:
+            if section is None:  # pyproject.toml counts only with a [tool.pytest.ini_options] table
+                options = tomllib.loads(text).get("tool", {}).get("pytest", {}).get("ini_options")
+                if not isinstance(options, dict):
+                    continue
+                value = options.get("testpaths")
+                if isinstance(value, str):
+                    value = value.split()
+                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                    return None
+                return value[:MAX_PATHS] or None
+            parser = configparser.ConfigParser(interpolation=None, strict=False)
+            parser.read_string(text)
+        except (tomllib.TOMLDecodeError, configparser.Error, AttributeError, RecursionError, ValueError):
+            return None
+        if not parser.has_section(section):
+            if name in ("pytest.ini", ".pytest.ini"):
+                return None  # pytest.ini is the config file even without the section
+            continue
+        value = parser.get(section, "testpaths", fallback="").split()
+        return value[:MAX_PATHS] or None
+    return None
+
+
+def _inside(root: str, path: str) -> bool:
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(path)
+    return real == real_root or real.startswith(real_root + os.sep)
+
+
+def resolve(root: str) -> list[str]:
+    """The existing paths (relative to ``root``, sorted, ``/``-separated) that pytest collects
+    when run with no path argument in ``root``; ``[]`` means the whole root (no testpaths, or
+    none of them matches anything, where pytest too falls back to the directory)."""
+    entries = configured(root)
+    if not entries:
+        return []
+    found: set[str] = set()
+    for entry in entries:
+        if not entry or os.path.isabs(entry) or "\0" in entry:
+            continue
+        pattern = os.path.join(root, entry)
+        matches = glob.glob(pattern, recursive=True) if glob.has_magic(entry) else [pattern]
+        for match in matches[:MAX_PATHS]:
+            if not os.path.exists(match) or os.path.islink(match) or not _inside(root, match):
+                continue
+            rel = os.path.normpath(os.path.relpath(match, root)).replace(os.sep, "/")
+            if rel == ".":
+                return []  # the root itself: everything, as without testpaths
+            if not rel.startswith("../"):
+                found.add(rel)
+    return sorted(found)
+
+
+def within(rel: str, paths: list[str]) -> bool:
+    """Whether the root-relative file ``rel`` lies in one of ``paths`` (all of them when empty)."""
+    if not paths:
+        return True
+    return any(rel == p or rel.startswith(p.rstrip("/") + "/") for p in paths)
