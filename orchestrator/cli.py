@@ -66,6 +66,28 @@ def sandbox_run(path: Path, timeout_s: float | None, as_json: bool, judged_dir: 
     sys.exit(0 if ok else 1)
 
 
+@sandbox.command("regrade")
+@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+def sandbox_regrade(path: Path, as_json: bool) -> None:
+    """Re-grade a run's saved sandbox evidence (RUN_DIR/evidence, or a directory of evidence files)
+    with the grader as it is now, offline. Exit 0 when every verdict is reproduced, 1 otherwise."""
+    from .evidence import regrade
+
+    directory = path / "evidence" if (path / "evidence").is_dir() else path
+    out = regrade(directory)
+    if not out["runs"]:
+        _fail_infra(f"no evidence under {directory} (runs record it in RUN_DIR/evidence)")
+    if as_json:
+        click.echo(json.dumps(out))
+    else:
+        click.echo(f"{out['runs']} sandbox runs re-graded: {out['agree']} reproduced, {len(out['differ'])} differ")
+        for row in out["differ"]:
+            detail = f" (then {row['then']}, now {row['now']})" if "now" in row else ""
+            click.echo(f"  - {row['file']}: {row['problem']}{printable(detail)}")
+    sys.exit(0 if not out["differ"] else 1)
+
+
 _CONTROL = {c: f"\\x{c:02x}" for c in list(range(0, 32)) + [127] if c not in (9,)}
 _CONTROL.update({c: f"\\u{c:04x}" for c in range(0x80, 0xA0)})
 _CONTROL.update({c: f"\\u{c:04x}" for c in (0x200E, 0x200F, 0x202A, 0x202B, 0x202C, 0x202D, 0x202E,

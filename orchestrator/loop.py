@@ -32,7 +32,7 @@ import structlog
 from rich.console import Console
 from rich.markup import escape
 
-from . import prompts
+from . import evidence, prompts
 from .archive import Archive
 from .audit import AuditLog
 from .backends import Backend, ReplayExhausted
@@ -186,7 +186,7 @@ class Loop:
                           verdict=result.verdict, passed=result.passed, failed=result.failed, errors=result.errors,
                           skipped=result.skipped, reward=reward, reasons=result.reasons,
                           judged=_judged_summary(result), duration_s=round(result.duration_s, 3),
-                          commit=self.ws.head())
+                          commit=self.ws.head(), evidence=result.evidence_id)
         return result, reward, broke
 
     def _ask(self, phase: str, messages: list[dict], timings: dict, gate: Callable | None = None,
@@ -360,6 +360,7 @@ class Loop:
     # ----- driver -----
     def run(self) -> AgentState:
         s = self.state
+        evidence.record_to(self.run_dir / "evidence")  # every sandbox run, re-gradable: rsi sandbox regrade
         try:
             while s.stop_reason is None:
                 if s.step == "baseline":
@@ -383,13 +384,14 @@ class Loop:
         from .telemetry import hack_telemetry, line
 
         self.console.print(escape(line(hack_telemetry(read_events(self.run_dir / "audit.jsonl")))))
+        evidence.record_to(None)
         return s
 
 
 def _digest(result: SandboxResult) -> str:
     import hashlib
 
-    return hashlib.sha256(result.model_dump_json(exclude={"duration_s", "output"}).encode()).hexdigest()
+    return hashlib.sha256(result.model_dump_json(exclude={"duration_s", "output", "evidence_id"}).encode()).hexdigest()
 
 
 def _judged_summary(result: SandboxResult) -> dict | None:

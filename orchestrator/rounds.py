@@ -39,7 +39,7 @@ import structlog
 from pydantic import BaseModel, Field
 from rich.console import Console
 
-from . import prompts
+from . import evidence, prompts
 from .archive import Archive
 from .audit import AuditLog
 from .backends import Backend, ReplayExhausted
@@ -74,6 +74,7 @@ class CandidateOutcome(BaseModel):
     passed: int = 0                   # scored tests passed / scored tests (evaluation.reward)
     total: int = 0
     verified: bool = False
+    evidence: str | None = None       # the sandbox run's saved evidence (orchestrator/evidence.py)
 
 
 class Sample(BaseModel):
@@ -342,6 +343,7 @@ class Rounds:
             for (out, cand, ws, task, messages, reply, decision, scored), result in zip(pending, results):
                 attempt = Attempt(decision, result, scored)
                 cand.verdict, (cand.passed, cand.total) = result.verdict, attempt.reward()
+                cand.evidence = result.evidence_id
                 cand.verified = is_verified(attempt)
                 _add(out.hack_screen, hack_screen_counts(decision, result))
                 if cand.verified:
@@ -501,6 +503,7 @@ class Rounds:
         self.audit.append("task_attempted", round=rec.round, task=out.task_id, candidates=len(out.candidates),
                           verified=out.verified, samples_added=added,
                           verdicts=[c.verdict for c in out.candidates],
+                          evidence=[c.evidence for c in out.candidates],
                           rejections=[c.rejection for c in out.candidates if c.rejection],
                           tests_phase=out.tests_outcome)
         if out.tests_outcome and out.tests_outcome.startswith("kept"):
@@ -538,6 +541,7 @@ class Rounds:
     # ----- the driver -----
     def run(self) -> RoundsState:
         s = self.state
+        evidence.record_to(self.run_dir / "evidence")  # every sandbox run, re-gradable: rsi sandbox regrade
         try:
             while s.stop_reason is None:
                 rec = s.record(s.round)
@@ -567,6 +571,7 @@ class Rounds:
                           generated=s.generated, elapsed_s=round(s.elapsed_s, 1))
         self.say(f"[bold]stopped:[/] {s.stop_reason} · {s.round} rounds · {len(self.archive)} samples archived · "
                  f"adapter {s.current_adapter or 'base'} · run dir {self.run_dir}")
+        evidence.record_to(None)
         return s
 
     def _tasks(self, rec: RoundRecord) -> None:
@@ -620,7 +625,7 @@ def _safe(task_id: str) -> str:
 
 
 def _digest(result: SandboxResult) -> str:
-    return hashlib.sha256(result.model_dump_json(exclude={"duration_s", "output"}).encode()).hexdigest()
+    return hashlib.sha256(result.model_dump_json(exclude={"duration_s", "output", "evidence_id"}).encode()).hexdigest()
 
 
 def resolve_suite(suite: str | None, tasks: str | None, seed: int) -> Suite:

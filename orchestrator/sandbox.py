@@ -32,8 +32,9 @@ from pathlib import Path
 import docker
 import requests
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
+from . import evidence
 from .policy import POLICIES_DIR
 from .sandbox_runner.codec import CodecError
 from .sandbox_runner.baseline import rebase
@@ -137,6 +138,8 @@ class SandboxResult(PhaseResult):
 
     container_exit: int | None = None
     judged: JudgedResult | None = None
+    evidence_id: str | None = None  # the run's saved evidence (orchestrator/evidence.py), when recorded
+    _evidence: dict | None = PrivateAttr(default=None)  # what the host graded (re-gradable)
 
 
 def connect():
@@ -454,7 +457,11 @@ def run_tests(workspace: Path | str, limits: SandboxLimits | None = None, timeou
                                                        judge=judge, timeout_s=timeout_s)
     else:
         result = run_in_fresh_container(workspace, limits, timeout_s, client, overlay, exclude, judge)
-    return with_baseline(result, baseline) if baseline is not None else result
+    if baseline is not None:
+        result = with_baseline(result, baseline)
+    if result._evidence is not None and evidence.recording() is not None:
+        result.evidence_id = evidence.save(result, result._evidence, baseline)
+    return result
 
 
 def with_baseline(result: SandboxResult, baseline: SandboxResult) -> SandboxResult:
@@ -563,6 +570,7 @@ def result_from_output(raw: bytes, overflow: bool, nonce: str, limits: SandboxLi
     if isinstance(evidence.get("judge"), dict) and host_timed_out:
         evidence["judge"]["timed_out"] = True
     result = SandboxResult(**grade(evidence), container_exit=container_exit)
+    result._evidence = evidence
     if not payload and not result.timed_out and not problems:
         result.reasons.insert(0, f"the sandbox produced no report (container exit {container_exit})")
     log.info("sandbox.run", verdict=result.verdict, passed=result.passed, failed=result.failed,

@@ -111,6 +111,12 @@ def test_adversarial_replies_never_count(tmp_path, sandbox_image, no_screen):
     # the honest fix breaks the kept test that encoded the bug, so it must not count either
     assert state.best_reward == 0 and not any(FIX_ALL in r for r in replies_archived)
     assert state.stop_reason.startswith("replay exhausted")
+    # every evaluation's evidence was saved with the run and grades the same offline (the tampered one too)
+    ids = [e["evidence"] for e in events if e["event"] == "sandbox_run" and e["purpose"] == "evaluation"]
+    assert ids and all(ids) and all((tmp_path / "run" / "evidence" / f"{i}.json.gz").is_file() for i in ids)
+    out = subprocess.run([sys.executable, "-m", "orchestrator.cli", "sandbox", "regrade", str(tmp_path / "run")],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0 and " 0 differ" in out.stdout, out.stdout + out.stderr
 
 
 def test_honest_fix_is_archived_and_overfit_is_not(tmp_path, sandbox_image):

@@ -64,7 +64,8 @@ def verify_on_node(run_id: str, attempt: int, payload: bytes, limits_json: dict,
     try:
         unpack(payload, stage)
         result = _node_sandbox(limits).run(stage, limits, judge=judge, timeout_s=timeout_s)
-        return {"run_id": run_id, "attempt": attempt, "node": node, "result": result.model_dump()}
+        return {"run_id": run_id, "attempt": attempt, "node": node, "result": result.model_dump(),
+                "evidence": result._evidence}  # saved by the head with the run (orchestrator/evidence.py)
     except InfraError as exc:
         return {"run_id": run_id, "attempt": attempt, "node": node, "infra": str(exc)[:500]}
     finally:
@@ -174,6 +175,8 @@ class RaySandbox(Sandbox):
                 self.ledger[run_id] = {"node": out["node"], "attempts": attempt + 1, "failures": failures}
             if failures:
                 log.warning("sandbox.ray.retried", run_id=run_id, failures=failures)
-            return SandboxResult(**out["result"])
+            result = SandboxResult(**out["result"])
+            result._evidence = out.get("evidence") if isinstance(out.get("evidence"), dict) else None
+            return result
         raise InfraError(f"the Ray cluster could not verify run {run_id[:12]} in {limits.ray_attempts} attempts: "
                          + "; ".join(failures)[:800])
