@@ -45,6 +45,7 @@ from .audit import AuditLog
 from .backends import Backend, ReplayExhausted
 from .config import RunConfig
 from .evaluation import Attempt, run_judged, verified
+from .humaneval_eval import BATCHED_PROBLEMS
 from .mutation import mutants
 from .policy import Policy
 from .protocol import apply_reply, reply_digest
@@ -647,6 +648,7 @@ def evaluate_tasks(backend: Backend, tasks: list[SuiteTask], limits: SandboxLimi
     pending = []
     shutil.rmtree(scratch, ignore_errors=True)
     try:
+        asks = []
         for st in tasks:
             task = st.task(scratch / "tasks")
             ws = Workspace.create(task.source_dir, scratch / _safe(st.id))
@@ -654,8 +656,12 @@ def evaluate_tasks(backend: Backend, tasks: list[SuiteTask], limits: SandboxLimi
             p.protected = protected_files(ws.path)
             sources = _sources(ws.path, p.protected)
             fmt = request_format(backend, "patch", sources, ws.path)
-            messages = prompts.patch_messages(ws.path, sources, p.protected, None, fmt)
-            reply = backend.generate(messages, "patch", st.id, fmt=fmt)
+            asks.append((st, task, ws, p, fmt, prompts.patch_messages(ws.path, sources, p.protected, None, fmt)))
+        # a batching backend (vLLM) gets the requests together; greedy replies do not depend on the order
+        workers = BATCHED_PROBLEMS if "batching" in backend.capabilities else 1
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            replies = list(pool.map(lambda a: backend.generate(a[5], "patch", a[0].id, fmt=a[4]), asks))
+        for (st, task, ws, p, fmt, _), reply in zip(asks, replies):
             applied = apply_reply(ws, None, reply, "patch", p, fmt=fmt)
             pending.append((st, task, ws, applied, set(p.protected)))
         runnable = [x for x in pending if x[3].decision.accepted]

@@ -165,3 +165,40 @@ def test_two_rounds_train_hot_load_and_gate_with_the_embedded_model(tmp_path, sa
     text = write_rounds_report(run).read_text()
     assert "| v0001 | base |" in text and "## Held-out pass@1 per model" in text
     assert (run / "report_heldout.png").exists() and (run / "report_loss.png").exists()
+
+
+def test_evaluate_tasks_batches_requests_and_keeps_the_order(tmp_path, sandbox_image):
+    """The held-out evaluation of the experiment: one greedy reply per task, asked together of a
+    batching backend, verified like a sample, results in task order."""
+    import threading
+
+    from orchestrator.backends import ReplayBackend
+    from orchestrator.rounds import evaluate_tasks
+    from orchestrator.sandbox import SandboxLimits
+    from orchestrator.suites import select_tasks
+
+    tasks = select_tasks("bugfix:seed#0,bugfix:seed#1,bugfix:seed#2").tasks
+    replies = tmp_path / "r.jsonl"
+    replies.write_text("".join(json.dumps({"phase": "patch", "task": t.id, "reply": patch(
+        SEED_FIXED if i != 1 else SEED_FIXED.replace("a + b", "a * b"))}) + "\n" for i, t in enumerate(tasks)))
+
+    class Batching(ReplayBackend):
+        capabilities = frozenset({"batching"})
+        lock, in_flight, peak = threading.Lock(), 0, 0
+
+        def generate(self, *args, **kwargs):
+            with self.lock:
+                type(self).in_flight += 1
+                type(self).peak = max(self.peak, self.in_flight)
+            time.sleep(0.3)
+            try:
+                with self.lock:
+                    return super().generate(*args, **kwargs)
+            finally:
+                with self.lock:
+                    type(self).in_flight -= 1
+
+    backend = Batching(replies)
+    results = evaluate_tasks(backend, tasks, SandboxLimits.load(), tmp_path / "scratch")
+    assert [r.task_id for r in results] == [t.id for t in tasks] and [r.correct for r in results] == [1, 0, 1]
+    assert Batching.peak > 1
