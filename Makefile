@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 
 LLAMA_STAMP := $(VENV)/.llama-server
 
-.PHONY: install images embedded-model test test-fast bench run clean docker-check test-deps corpus trainer-wheels trainer-gpu-image vllm vllm-optional vllm-gpu
+.PHONY: install images embedded-model demo-model test test-fast bench run clean docker-check test-deps corpus trainer-wheels trainer-gpu-image vllm vllm-optional vllm-gpu
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -131,7 +131,10 @@ embedded-model: install
 # adapter hot-loaded and gated, the report (RUN_DIR/report.md). The single-workspace loop: `rsi run`;
 # a full run: `rsi run --suite default`.
 RUN_DIR ?= runs/make-run-$(shell date +%Y%m%d-%H%M%S)
-run: images embedded-model
+demo-model: install
+	$(BIN)/rsi models embedded --default --config policies/demo.toml
+
+run: images demo-model
 	$(BIN)/rsi run --suite default --config policies/demo.toml --run-dir $(RUN_DIR)
 
 clean:

@@ -30,6 +30,15 @@ class BurstResult:
     reason: str = ""
 
 
+def base_model_name(model_dir: Path) -> str:
+    """The name of a base model directory: its own name, or the repository of a Hugging Face cache
+    snapshot (``models--org--name/snapshots/HASH`` -> ``org/name``)."""
+    model_dir = Path(model_dir)
+    if model_dir.parent.name == "snapshots" and model_dir.parent.parent.name.startswith("models--"):
+        return model_dir.parent.parent.name[len("models--"):].replace("--", "/")
+    return model_dir.name
+
+
 def burst(run_dir: Path, samples: Path, n_samples: int, backend, audit, model_dir: Path, config: TrainConfig,
           gate_cfg: GateSection, limits: SandboxLimits, gpu: bool = False, iteration: int = 0,
           say=print) -> BurstResult:
@@ -39,6 +48,8 @@ def burst(run_dir: Path, samples: Path, n_samples: int, backend, audit, model_di
         audit.append("training_skipped", iteration=iteration, samples=n_samples, reason=reason)
         return BurstResult(reason=reason)
     say(f"training on {n_samples} samples ...")
+    # the adapter's base is the model mounted into the trainer (not the config's default label)
+    config = config.model_copy(update={"base_model": base_model_name(model_dir)})
     staging = registry.staging_dir()
     # the GPU profile's sleep mode frees the server's GPU memory during the burst (orchestrator/gpu.py)
     training_memory = getattr(backend, "training_memory", None) or contextlib.nullcontext

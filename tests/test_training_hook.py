@@ -54,6 +54,7 @@ def test_burst_trains_gates_switches_and_survives_resume(tmp_path, sandbox_image
     assert (heldout / "v0001.jsonl").read_text() == cached  # the current model was not asked again
     metas = {m.id: m for m in reg.list()}
     assert metas["v0002"].parent == "v0001" and not metas["v0002"].promoted and metas["v0002"].samples == 5
+    assert {m.base_model for m in metas.values()} == {MODEL_ID}  # the model the trainer mounted
     assert metas["v0002"].comparison["problems"] == 1 and "paired difference" in metas["v0002"].decision
     events = [e for e in read_events(run / "audit.jsonl") if e["event"] == "adapter_decision"]
     assert [e["promoted"] for e in events] == [True, False]
@@ -74,3 +75,11 @@ def test_burst_trains_gates_switches_and_survives_resume(tmp_path, sandbox_image
     assert summary["adapter"] == "v0001" and summary["baseline"]["adapter"] == "none"
     assert summary["difference"]["problems"] == 1 and "excludes_zero" in summary["difference"]
     assert (tmp_path / "ev" / "problems-baseline.jsonl").exists()
+
+
+def test_base_model_name_of_a_directory_or_a_hub_snapshot(tmp_path):
+    from orchestrator.training import base_model_name
+
+    assert base_model_name(tmp_path / "Qwen2.5-Coder-0.5B-Instruct") == "Qwen2.5-Coder-0.5B-Instruct"
+    snap = tmp_path / "hub" / "models--unsloth--gpt-oss-20b" / "snapshots" / "0123abcd"
+    assert base_model_name(snap) == "unsloth/gpt-oss-20b"
