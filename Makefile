@@ -126,7 +126,7 @@ bench: images
 embedded-model: install
 	$(BIN)/rsi models embedded --default
 
-# The closed loop, small (policies/demo.toml; about 15 minutes on 2 cores after set-up): rounds of
+# The closed loop, small (policies/demo.toml: Qwen2.5-Coder-0.5B, about 15 minutes on 2 cores after set-up): a round of
 # bug-fix tasks, k sampled candidates each, verified in the sandbox, archived, a training burst, the
 # adapter hot-loaded and gated, the report (RUN_DIR/report.md). The single-workspace loop: `rsi run`;
 # a full run: `rsi run --suite default`.
