@@ -302,6 +302,11 @@ def stage_canaries(root: Path, rng: random.Random) -> dict:
     out = {"pass": [], "xfail": []}
     if not files:
         return out
+    # A canary must land where pytest collects: next to a test file whose directory is in the
+    # testpaths (a testpaths entry naming a file collects that file only; then none is staged).
+    files = [f for f in files if within((f.parent / "test_new.py").relative_to(root).as_posix(), paths)]
+    if not files:
+        return out
     for kind in ("pass", "pass", "xfail"):
         near = rng.choice(files)
         for _ in range(50):

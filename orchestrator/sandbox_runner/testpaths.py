@@ -24,7 +24,7 @@ import os
 import tomllib
 
 MAX_CONFIG_BYTES = 256 * 1024
-MAX_PATHS = 64
+MAX_PATHS = 64  # more testpaths than this (entries or glob matches): the whole root, never a cut list
 _INI = (("pytest.ini", "pytest"), (".pytest.ini", "pytest"), ("pyproject.toml", None), ("tox.ini", "pytest"),
         ("setup.cfg", "tool:pytest"))
 
@@ -56,7 +56,7 @@ def configured(root: str) -> list[str] | None:
                     value = value.split()
                 if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                     return None
-                return value[:MAX_PATHS] or None
+                return value or None
             parser = configparser.ConfigParser(interpolation=None, strict=False)
             parser.read_string(text)
         except (tomllib.TOMLDecodeError, configparser.Error, AttributeError, RecursionError, ValueError):
@@ -66,7 +66,7 @@ def configured(root: str) -> list[str] | None:
                 return None  # pytest.ini is the config file even without the section
             continue
         value = parser.get(section, "testpaths", fallback="").split()
-        return value[:MAX_PATHS] or None
+        return value or None
     return None
 
 
@@ -88,8 +88,12 @@ def resolve(root: str) -> list[str]:
         if not entry or os.path.isabs(entry) or "\0" in entry:
             continue
         pattern = os.path.join(root, entry)
-        matches = glob.glob(pattern, recursive=True) if glob.has_magic(entry) else [pattern]
-        for match in matches[:MAX_PATHS]:
+        matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(entry) else [pattern]
+        if len(matches) > MAX_PATHS:
+            # Never a cut list: a patch may add directories a glob matches, and a cut would drop
+            # real test directories from the run and the judge. The whole root is a superset.
+            return []
+        for match in matches:
             if not os.path.exists(match) or os.path.islink(match) or not _inside(root, match):
                 continue
             rel = os.path.normpath(os.path.relpath(match, root)).replace(os.sep, "/")
@@ -97,7 +101,7 @@ def resolve(root: str) -> list[str]:
                 return []  # the root itself: everything, as without testpaths
             if not rel.startswith("../"):
                 found.add(rel)
-    return sorted(found)
+    return sorted(found) if len(found) <= MAX_PATHS else []
 
 
 def within(rel: str, paths: list[str]) -> bool:

@@ -20,6 +20,7 @@ def main() -> int:
     import pytest  # noqa: F401 - the point: imported before the clock starts
 
     from . import reporter  # noqa: F401 - binds the result pipe (RSI_RESULT_FD) now
+    from .testpaths import resolve  # with tomllib/configparser/glob: imported before any workspace file exists
 
     data = b""
     try:
@@ -37,8 +38,6 @@ def main() -> int:
     for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep):
         sys.path_importer_cache.pop(entry, None)
     importlib.invalidate_caches()
-    from .testpaths import resolve  # read before the candidate's code runs, as the supervisor does
-
     targets = [f"/workspace/{p}" for p in resolve("/workspace")] or ["/workspace"]
     sys.argv = ["pytest", "-p", __package__ + ".reporter", "-p", "no:cacheprovider", "-q", "--rootdir", "/workspace",
                 "--color=no", *targets]
