@@ -145,6 +145,19 @@ def test_xfail_reason_ignores_object_addresses_and_the_traceback_body():
     assert rebase(_report(other), base)["verdict"] == "fail"
 
 
+def test_xfail_reason_is_where_and_what_it_raised_not_the_values():
+    """jaraco.functools: an xfail asserting on random.random(): the values differ each run, the
+    place and the exception type do not."""
+    def xf(value, where="test_a.py:150: AssertionError"):
+        return {"tests/test_a.py::test_ok": ("passed", ""),
+                "tests/test_a.py::test_x": ("xfailed", f">       assert ob.x == ob.x\nE       assert {value} == "
+                                                        f"<f object at 0x7f39eb00fa00>\n\n{where}")}
+    base = _report(xf(0.780805415394762))
+    assert rebase(_report(xf(0.784379246692816)), base)["verdict"] == "pass"
+    assert rebase(_report(xf(0.78, "test_a.py:151: AssertionError")), base)["verdict"] == "fail"
+    assert rebase(_report(xf(0.78, "test_a.py:150: TypeError")), base)["verdict"] == "fail"
+
+
 # ----- run_tests(baseline=...): both phases of a SandboxResult -----
 
 def _result(tests: dict, judged: dict | None = None):

@@ -46,17 +46,23 @@ _ADDRESS = re.compile(r"0x[0-9a-fA-F]+")
 # The judge runs its tests from a fresh private directory per run (judge.py: mkdtemp "rsi-judge-"),
 # and pytest's skip message names the file by its absolute path: compare it without that prefix.
 _JUDGE_DIR = re.compile(r"/tmp/rsi-judge-[A-Za-z0-9_]+/")
+_RAISED_AT = re.compile(r"^\S+\.py:\d+: [A-Za-z_][\w.]*$")  # pytest's last traceback line: file:line: Type
 
 
 def reason(test: dict) -> str:
     """What "the same reason" compares. A skip's message is pytest's ``(file, line, reason)``;
-    an xfail's is its whole traceback, so only its exception lines (``E ...``) count. Object
-    addresses (``0x7f...``), which change from run to run, are blanked."""
-    message = str(test.get("message") or "")
+    an xfail's is its whole traceback: what counts is where it raised and what (pytest's last line,
+    ``file:line: ExceptionType``), else its exception lines (``E ...``), whose values may change
+    from run to run (a random number in an assertion). Object addresses (``0x7f...``) and the
+    judge's per-run directory are blanked."""
+    message = _JUDGE_DIR.sub("<judged>/", str(test.get("message") or ""))
     if test.get("outcome") == "xfailed":
+        stripped = message.strip().splitlines()
+        if stripped and _RAISED_AT.match(stripped[-1].strip()):
+            return stripped[-1].strip()
         lines = [line.strip() for line in message.splitlines() if line.startswith("E ")]
-        message = "\n".join(lines) if lines else message.strip().splitlines()[-1:][0] if message.strip() else ""
-    return _ADDRESS.sub("0x?", _JUDGE_DIR.sub("<judged>/", message))
+        message = "\n".join(lines) if lines else stripped[-1] if stripped else ""
+    return _ADDRESS.sub("0x?", message)
 
 
 def _file_of(nodeid: str) -> str:
