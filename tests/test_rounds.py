@@ -167,6 +167,51 @@ def test_two_rounds_train_hot_load_and_gate_with_the_embedded_model(tmp_path, sa
     assert (run / "report_heldout.png").exists() and (run / "report_loss.png").exists()
 
 
+def test_two_rounds_against_the_real_vllm_engine(tmp_path, sandbox_image, docker_client, vllm_engine):
+    """The same two rounds through the engine the loop uses: the vLLM server (CPU build) on SmolLM2
+    hot-loads each trained adapter at run time (with its load probe) and answers the gate; only the
+    round candidates are recorded replies (SmolLM2 rarely writes a verified fix)."""
+    from orchestrator.backends import ReplayBackend, make_backend
+    from orchestrator.config import RunConfig
+    from orchestrator.images import build_trainer_image
+    from orchestrator.reply_format import JSON
+    from orchestrator.rounds import Rounds, Trainer
+    from orchestrator.suites import select_tasks
+
+    cfg = RunConfig.load()
+    cfg.model.max_new_tokens = 96
+    engine = make_backend("vllm", cfg, base_url=vllm_engine.base_url)
+    replay = ReplayBackend(recorded_replies(tmp_path / "r.jsonl"))
+    real_generate = engine.generate
+
+    def generate_many(messages, phase, task=None, n=1, temperature=0.8, seed=None, fmt=JSON):
+        return [replay.generate(messages, phase, task) for _ in range(n)]
+
+    def generate(messages, phase, task=None, seed=None, fmt=JSON):
+        if any(m["role"] == "assistant" for m in messages):  # a round's re-ask: recorded too
+            return replay.generate(messages, phase, task)
+        return real_generate(messages, phase, task, seed, fmt)  # the gate: the engine, adapter loaded
+
+    engine.generate_many, engine.generate = generate_many, generate
+    build_trainer_image(docker_client)
+    cfg.rounds.rounds, cfg.rounds.tasks_per_round, cfg.rounds.k, cfg.rounds.concurrency = 2, 2, 2, 2
+    cfg.gate.tasks, cfg.gate.noise = ["HumanEval/5"], 1.0  # noise 1.0: any adapter that loads is promoted
+    run = tmp_path / "run"
+    try:
+        state = Rounds(run, cfg, engine, select_tasks(TASKS), trainer=Trainer(model_dir=engine.model_dir,
+                                                                              max_steps=2)).run()
+        served = sorted(m["id"] for m in __import__("requests").get(vllm_engine.base_url + "/models",
+                                                                       timeout=10).json()["data"])
+    finally:
+        if engine.adapter_id:
+            engine.load_adapter(None, None)  # the session's server goes back to the base model
+    assert len(state.rounds) == 2 and state.rounds[0].samples_added > 0
+    bursts = [r.burst for r in state.rounds]
+    assert [b.adapter for b in bursts] == ["v0001", "v0002"] and all(b.promoted for b in bursts)
+    assert state.current_adapter == "v0002" and any(name.startswith("v0002-") for name in served)
+    assert verify(run / "audit.jsonl").ok
+
+
 def test_evaluate_tasks_batches_requests_and_keeps_the_order(tmp_path, sandbox_image):
     """The held-out evaluation of the experiment: one greedy reply per task, asked together of a
     batching backend, verified like a sample, results in task order."""
