@@ -182,17 +182,14 @@ def test_two_rounds_against_the_real_vllm_engine(tmp_path, sandbox_image, docker
     cfg.model.max_new_tokens = 96
     engine = make_backend("vllm", cfg, base_url=vllm_engine.base_url)
     replay = ReplayBackend(recorded_replies(tmp_path / "r.jsonl"))
-    real_generate = engine.generate
+    real_generate_many = engine.generate_many  # generate() goes through it too
 
     def generate_many(messages, phase, task=None, n=1, temperature=0.8, seed=None, fmt=JSON):
-        return [replay.generate(messages, phase, task) for _ in range(n)]
+        if n > 1 or any(m["role"] == "assistant" for m in messages):  # round candidates and re-asks: recorded
+            return [replay.generate(messages, phase, task) for _ in range(n)]
+        return real_generate_many(messages, phase, task, n=n, temperature=temperature, seed=seed, fmt=fmt)
 
-    def generate(messages, phase, task=None, seed=None, fmt=JSON):
-        if any(m["role"] == "assistant" for m in messages):  # a round's re-ask: recorded too
-            return replay.generate(messages, phase, task)
-        return real_generate(messages, phase, task, seed, fmt)  # the gate: the engine, adapter loaded
-
-    engine.generate_many, engine.generate = generate_many, generate
+    engine.generate_many = generate_many  # the gate's greedy replies: the engine, adapter loaded
     build_trainer_image(docker_client)
     cfg.rounds.rounds, cfg.rounds.tasks_per_round, cfg.rounds.k, cfg.rounds.concurrency = 2, 2, 2, 2
     cfg.gate.tasks, cfg.gate.noise = ["HumanEval/5"], 1.0  # noise 1.0: any adapter that loads is promoted
