@@ -319,7 +319,8 @@ def _backend(name, config, replies, base_url):
 @click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Continue the run in this directory after a crash or stop.")
 @click.option("--suite", default=None, help="Rounds over a task suite: humaneval-train, seed, bugfix-train, "
-              "dir:PATH ('+' joins), or default ([rounds] suite); see orchestrator/suites.py.")
+              "dir:PATH ('+' joins), or default ([rounds] suite); with --workspace: bugfix (bug-fix tasks "
+              "from that project's own code); see orchestrator/suites.py.")
 @click.option("--tasks", "task_list", default=None,
               help="Rounds over these tasks: HumanEval/N, seed, bugfix:HumanEval/N#i, or directories (comma-separated).")
 @click.option("--rounds", "n_rounds", type=int, default=None, help="Rounds: the most rounds ([rounds] rounds).")
@@ -350,9 +351,11 @@ def run_cmd(config_file, workspace, task_id, backend, replies, base_url, max_ite
             _fail_infra(str(exc))
 
     if suite or task_list or (resume_dir and is_rounds_dir(resume_dir)):
+        if workspace and (suite != "bugfix" or task_list):
+            raise click.UsageError("with --workspace, rounds take --suite bugfix (tasks from the project's code)")
         _run_rounds(config_file, backend, replies, base_url, run_dir, resume_dir, suite, task_list,
                     dict(rounds=n_rounds, tasks_per_round=tasks_per_round, k=k_samples, seed=seed,
-                         max_wall_s=max_wall, max_samples=max_samples), gpu_flag)
+                         max_wall_s=max_wall, max_samples=max_samples), gpu_flag, workspace)
         return
     from .adapters import AdapterRefused
     from .backends import BackendError
@@ -419,11 +422,12 @@ def _workspace_image(path: Path, base: str) -> str:
 
 
 def _run_rounds(config_file, backend, replies, base_url, run_dir, resume_dir, suite, task_list, overrides,
-                gpu_flag=None) -> None:
+                gpu_flag=None, workspace: Path | None = None) -> None:
     """rsi run --suite/--tasks: self-improvement rounds (orchestrator/rounds.py)."""
     from .adapters import AdapterRefused
     from .backends import BackendError
     from .config import RunConfig
+    from .repo_tasks import RepoTaskError
     from .rounds import RoundsError, RunInfo, Rounds, Trainer, resolve_suite
     from .sandbox import InfraError
     from .suites import SuiteError
@@ -453,14 +457,21 @@ def _run_rounds(config_file, backend, replies, base_url, run_dir, resume_dir, su
         if resume_dir:
             driver = Rounds(resume_dir, config, model, trainer=trainer)
         else:
-            chosen = resolve_suite(config.rounds.suite if suite == "default" else suite, task_list,
-                                   config.rounds.seed)
+            if workspace:
+                from .sandbox import SandboxLimits
+                from .suites import repo_suite
+
+                chosen = repo_suite(workspace, config.rounds.seed, SandboxLimits.load(
+                    timeout_s=config.run.sandbox_timeout_s), say=lambda m: click.echo(f"rsi: {m}", err=True))
+            else:
+                chosen = resolve_suite(config.rounds.suite if suite == "default" else suite, task_list,
+                                       config.rounds.seed)
             driver = Rounds(run_dir, config, model, chosen, trainer=trainer)
         state = driver.run()
         from .rounds_report import write_rounds_report
 
         click.echo(f"report: {write_rounds_report(driver.run_dir)}", err=True)
-    except (BackendError, AdapterRefused, InfraError, RoundsError, SuiteError) as exc:
+    except (BackendError, AdapterRefused, InfraError, RoundsError, SuiteError, RepoTaskError) as exc:
         _fail_infra(str(exc))
     finally:
         if model is not None:

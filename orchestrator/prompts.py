@@ -90,9 +90,42 @@ def tests_messages(root: Path, sources: list[str], tests: list[str], fmt: ReplyF
     return [_system(fmt), {"role": "user", "content": user}]
 
 
+SYSTEM_FUNCTION = (
+    "You are a careful Python engineer fixing a bug in a real project. "
+    "Reply with the whole corrected function in one ```python code block."
+)
+
+
+def function_source(root: Path, rel: str, symbol: str) -> str:
+    """The top-level function ``symbol`` of ``rel`` (decorators included), as the workspace has it."""
+    import ast
+
+    from .reply_format import _function_span
+
+    text = (root / rel).read_text(encoding="utf-8", errors="replace")
+    span = _function_span(ast.parse(text), symbol)
+    return "\n".join(text.split("\n")[span[0] - 1:span[1]]) + "\n" if span else ""
+
+
+def function_patch_messages(root: Path, fmt: ReplyFormat, tests_excerpt: str) -> list[dict]:
+    """A bug-fix request on a real project: one function of one (long) file, and the project's tests
+    that call it (read-only excerpts); the reply is the whole new definition of that function."""
+    code = function_source(root, fmt.path, fmt.symbol)
+    if len(code) > MAX_FILE_CHARS:
+        code = code[:MAX_FILE_CHARS] + "\n# ... (truncated)\n"
+    user = (f"A bug was introduced into the function `{fmt.symbol}` of {fmt.path} in this project, and the "
+            f"project's own tests now fail.\n\nFile {fmt.path}, function `{fmt.symbol}`:\n```python\n{code}```\n\n"
+            f"Tests of the project that call it (read-only, excerpts):\n```python\n{tests_excerpt[:MAX_FILE_CHARS] or '# (none shown)'}"
+            f"\n```\n\nFix the bug. Reply with the whole corrected definition of `{fmt.symbol}` (same name and "
+            "signature, nothing else) in one ```python code block. Test files and configuration are off limits.")
+    return [{"role": "system", "content": SYSTEM_FUNCTION}, {"role": "user", "content": user}]
+
+
 def retry_messages(messages: list[dict], reply: str, feedback: str, fmt: ReplyFormat = JSON) -> list[dict]:
     again = ("Reply again with the whole corrected file in one ```python code block." if fmt.name == "code"
              else "Reply again with one corrected JSON object.")
+    if fmt.symbol:
+        again = f"Reply again with the whole corrected function `{fmt.symbol}` in one ```python code block."
     return messages + [
         {"role": "assistant", "content": reply[:4000]},
         {"role": "user", "content": f"Your reply was rejected:\n{feedback}\n{again}"},

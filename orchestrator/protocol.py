@@ -7,12 +7,13 @@ for the path the request fixed; from there every reply takes the same path.
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 from pydantic import BaseModel
 
 from .audit import AuditLog
 from .policy import Decision, Policy, check_reply
-from .reply_format import JSON, ReplyFormat, code_reply_to_json
+from .reply_format import JSON, ReplyFormat, code_reply_to_json, function_reply_to_json
 from .schema import Phase, ReplyError
 from .workspace import Workspace
 
@@ -32,12 +33,25 @@ def reply_digest(raw: str | bytes) -> str:
     return hashlib.sha256(_bytes(raw)).hexdigest()
 
 
+def _current(workspace, rel: str) -> str:
+    """The file a function reply is spliced into, as it is in the workspace (the path is the task's)."""
+    try:
+        return (Path(workspace) / rel).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
 def check(text: str | bytes, phase: Phase, workspace, policy: Policy, fmt: ReplyFormat = JSON) -> Decision:
     """The policy's decision on a reply in format ``fmt``; never writes, never raises on bad input."""
     if fmt.name == "code":
         try:
-            text = code_reply_to_json(text, fmt.path, phase, policy.limits.max_reply_bytes,
-                                      policy.limits.max_file_bytes)
+            if fmt.symbol:
+                current = _current(workspace, fmt.path)
+                text = function_reply_to_json(text, fmt, current, phase, policy.limits.max_reply_bytes,
+                                              policy.limits.max_file_bytes)
+            else:
+                text = code_reply_to_json(text, fmt.path, phase, policy.limits.max_reply_bytes,
+                                          policy.limits.max_file_bytes)
         except ReplyError as exc:
             return Decision(accepted=False, phase=phase, reasons=exc.rejections)
     return check_reply(text, phase, workspace, policy)

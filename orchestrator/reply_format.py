@@ -5,6 +5,10 @@ The JSON patch protocol is the contract: whatever reaches a workspace is a ``Pat
 formats:
 
 - ``json``: the reply is that JSON object (schema.extract_object finds it, also in prose or a fence).
+- ``code`` with a ``symbol`` (a bug-fix task on a real project, whose files are far longer than a
+  model can rewrite): the block is the whole new definition of that one top-level function of the
+  file; ``splice_function`` puts it in place of the old one, and the whole file then takes the
+  same path (schema, policy) as any edit. The block must parse to exactly that one function.
 - ``code``: for a request that writes one file, the whole new file in one fenced code block. The
   block becomes the JSON reply ``{"rationale": <the prose around it>, "edits"|"tests": [{"path":
   <target>, "content": <the block>}]}``, which then goes through the same extraction, schema and
@@ -23,6 +27,7 @@ request writes one file (``for_request``), every other request is asked in ``jso
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from dataclasses import dataclass
@@ -49,12 +54,15 @@ class ReplyFormat:
 
     name: FormatName = "json"
     path: str | None = None
+    symbol: str | None = None  # code: the block is this top-level function of ``path``, not the whole file
 
     def __post_init__(self):
         if self.name not in FORMATS:
             raise ValueError(f"unknown reply format {self.name!r} ({', '.join(FORMATS)})")
         if self.name == "code" and not self.path:
             raise ValueError("a code reply format needs the path it writes")
+        if self.symbol is not None and (self.name != "code" or not self.symbol.isidentifier()):
+            raise ValueError("a function reply is a code reply naming one function")
 
 
 JSON = ReplyFormat()
@@ -168,3 +176,46 @@ def code_reply_to_json(reply: str | bytes, path: str, phase: Phase, max_reply_by
     key = "edits" if phase == "patch" else "tests"
     return json.dumps({"rationale": rationale, key: [{"path": path, "content": content.rstrip("\n") + "\n"}]})
 
+
+
+def _function_span(tree: ast.Module, symbol: str) -> tuple[int, int] | None:
+    """(first line, last line), 1-based, of the top-level function ``symbol`` with its decorators."""
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == symbol:
+            first = min([node.lineno] + [d.lineno for d in node.decorator_list])
+            return first, node.end_lineno
+    return None
+
+
+def splice_function(current: str, symbol: str, new_def: str) -> str:
+    """``current`` with its top-level function ``symbol`` replaced by ``new_def`` (which must parse to
+    exactly one top-level function of that name); ReplyError with one structured reason otherwise."""
+    try:
+        block = ast.parse(new_def)
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
+        raise _extract("syntax_error", f"the code block does not parse: {str(exc)[:200]}") from None
+    body = [n for n in block.body if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))]
+    if (len(body) != 1 or not isinstance(body[0], (ast.FunctionDef, ast.AsyncFunctionDef))
+            or body[0].name != symbol):
+        raise _extract("not_the_function", f"reply with the whole new definition of `{symbol}` (one `def "
+                                           f"{symbol}(...)`, nothing else) in one ```python code block")
+    try:
+        span = _function_span(ast.parse(current), symbol)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        span = None
+    if span is None:
+        raise _extract("function_missing", f"the file has no top-level function `{symbol}` to replace")
+    lines = current.split("\n")
+    new_lines = new_def.rstrip("\n").split("\n")
+    return "\n".join(lines[:span[0] - 1] + new_lines + lines[span[1]:])
+
+
+def function_reply_to_json(reply: str | bytes, fmt: ReplyFormat, current: str, phase: Phase,
+                           max_reply_bytes: int, max_file_bytes: int) -> str:
+    """The protocol reply for a function-scoped code reply: the block spliced into ``current``
+    (the file as it is in the workspace), as a whole-file edit of ``fmt.path``."""
+    text = json.loads(code_reply_to_json(reply, fmt.path, phase, max_reply_bytes, max_file_bytes))
+    key = "edits" if phase == "patch" else "tests"
+    content = splice_function(current, fmt.symbol, text[key][0]["content"])
+    text[key][0]["content"] = content.rstrip("\n") + "\n"
+    return json.dumps(text)

@@ -29,6 +29,7 @@ import os
 import random
 import secrets
 import shutil
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -50,7 +51,7 @@ from .mutation import mutants
 from .policy import Policy
 from .protocol import apply_reply, reply_digest
 from .reply_format import JSON, ReplyFormat, for_request
-from .sandbox import SandboxLimits, SandboxResult, run_tests
+from .sandbox import InfraError, SandboxLimits, SandboxResult, run_tests
 from .suites import Suite, SuiteTask, load_suite, select_tasks
 from .tasks import Task, protected_files
 from .workspace import Workspace, atomic_write
@@ -215,6 +216,56 @@ def request_format(backend: Backend, phase: str, sources: list[str], ws: Path) -
         return JSON
 
 
+def task_request(backend: Backend, st: SuiteTask, ws: Path, protected: list[str]) -> tuple[ReplyFormat, list[dict]]:
+    """The patch request of a task: a repo task asks for one function (its file is the project's,
+    far longer than a reply), every other task for files in the model's preferred format."""
+    if st.kind == "repo":
+        fmt = ReplyFormat("code", st.focus, st.entry_point)
+        return fmt, prompts.function_patch_messages(ws, fmt, st.context)
+    sources = _sources(ws, protected)
+    fmt = request_format(backend, "patch", sources, ws)
+    return fmt, prompts.patch_messages(ws, sources, protected, None, fmt)
+
+
+class Baselines:
+    """The untouched project's own run, once per repo project (run_tests(baseline=...)), so a test the
+    project itself skips on this platform does not fail every candidate; None for other tasks."""
+
+    def __init__(self, limits: SandboxLimits, scratch: Path):
+        self.limits, self.scratch = limits, scratch
+        self._runs: dict[str, SandboxResult] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, st: SuiteTask) -> SandboxResult | None:
+        if st.kind != "repo":
+            return None
+        with self._lock:
+            if st.path not in self._runs:
+                from .repo_tasks import copy_project
+
+                dest = self.scratch / f"baseline-{_safe(Path(st.path).name)}"
+                shutil.rmtree(dest, ignore_errors=True)
+                self._runs[st.path] = run_tests(copy_project(Path(st.path), dest), limits=self.limits)
+                shutil.rmtree(dest, ignore_errors=True)
+            return self._runs[st.path]
+
+
+def repo_image(tasks: list[SuiteTask], limits: SandboxLimits) -> str:
+    """The sandbox image for a suite: the project's derived image when it has repo tasks."""
+    paths = {t.path for t in tasks if t.kind == "repo"}
+    if not paths:
+        return limits.image
+    if len(paths) > 1:
+        raise RoundsError(f"repo tasks from {len(paths)} projects in one run; one project per run")
+    from .project_image import ProjectImageError, image_for_workspace
+    from .sandbox import connect
+
+    try:
+        return image_for_workspace(connect(), paths.pop(), base=limits.image)
+    except ProjectImageError as exc:
+        raise InfraError(str(exc)) from exc
+
+
 def can_train(backend: Backend) -> bool:
     caps = getattr(backend, "capabilities", None)
     if caps is not None and len(caps):
@@ -248,6 +299,8 @@ class Rounds:
         else:
             self._resume()
         self.tasks = {t.id: t for t in self.suite.tasks}
+        self.limits.image = repo_image(self.suite.tasks, self.limits)
+        self.baselines = Baselines(self.limits, self.run_dir / "work")
 
     # ----- set-up -----
     def _start(self, suite: Suite) -> None:
@@ -260,7 +313,7 @@ class Rounds:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(self.run_dir / "run.json", RunInfo(
             mode="rounds", suite=suite.name, suite_seed=suite.seed, tasks=[t.id for t in train],
-            task_specs=[t for t in train if suite.name.startswith("tasks:") or t.kind == "dir"],
+            task_specs=[t for t in train if suite.name.startswith("tasks:") or t.kind in ("dir", "repo")],
             config=self.config.model_dump(), backend=self.backend.name,
             model=self.backend.model_id).model_dump_json(indent=2).encode())
         self.state = RoundsState(run_id=f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}",
@@ -336,9 +389,9 @@ class Rounds:
             key = [(p[3].id, p[1].reply_sha256) for p in pending]
             unique = {k: p for k, p in zip(key, pending)}
             with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-                graded = dict(zip(unique, pool.map(lambda p: run_judged(p[2].path, sorted(p[7]), p[3].hidden_tests,
-                                                                        self.limits, p[3].judge_visible),
-                                                   unique.values())))
+                graded = dict(zip(unique, pool.map(lambda p: run_judged(
+                    p[2].path, sorted(p[7]), p[3].hidden_tests, self.limits, p[3].judge_visible,
+                    baseline=self.baselines(self.tasks[p[3].id])), unique.values())))
             results = [graded[k] for k in key]
             per_task = (time.perf_counter() - t0) / max(1, len(chunk))
             for (out, cand, ws, task, messages, reply, decision, scored), result in zip(pending, results):
@@ -361,7 +414,7 @@ class Rounds:
             if self.rc.tests_phase:  # the seed's edge-case test phase, on each solved task's first fix
                 first: dict[str, tuple] = {}
                 for p in pending:
-                    if p[1].verified:
+                    if p[1].verified and self.tasks[p[3].id].kind != "repo":  # a project's file: too long
                         first.setdefault(p[3].id, p)
                 for out, cand, ws, task, *_ in first.values():
                     t1 = time.perf_counter()
@@ -379,9 +432,7 @@ class Rounds:
         policy = self.policy.model_copy(deep=True)
         policy.protected = protected
         scored = set(protected)  # the protected files (the judge runs their tests and the hidden ones)
-        sources = _sources(base.path, protected)
-        fmt = request_format(self.backend, "patch", sources, base.path)
-        messages = prompts.patch_messages(base.path, sources, protected, None, fmt)
+        fmt, messages = task_request(self.backend, st, base.path, protected)
         seed = _seed(self.rc.seed, rnd, st.id)
         t0 = time.perf_counter()
         replies = self.backend.generate_many(messages, "patch", st.id, n=self.rc.k,
@@ -647,6 +698,8 @@ def evaluate_tasks(backend: Backend, tasks: list[SuiteTask], limits: SandboxLimi
     results: list = []
     pending = []
     shutil.rmtree(scratch, ignore_errors=True)
+    limits = limits.model_copy(update={"image": repo_image(tasks, limits)})
+    baselines = Baselines(limits, scratch)
     try:
         asks = []
         for st in tasks:
@@ -654,9 +707,8 @@ def evaluate_tasks(backend: Backend, tasks: list[SuiteTask], limits: SandboxLimi
             ws = Workspace.create(task.source_dir, scratch / _safe(st.id))
             p = policy.model_copy(deep=True)
             p.protected = protected_files(ws.path)
-            sources = _sources(ws.path, p.protected)
-            fmt = request_format(backend, "patch", sources, ws.path)
-            asks.append((st, task, ws, p, fmt, prompts.patch_messages(ws.path, sources, p.protected, None, fmt)))
+            fmt, messages = task_request(backend, st, ws.path, p.protected)
+            asks.append((st, task, ws, p, fmt, messages))
         # a batching backend (vLLM) gets the requests together; greedy replies do not depend on the order
         workers = BATCHED_PROBLEMS if "batching" in backend.capabilities else 1
         with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -668,7 +720,7 @@ def evaluate_tasks(backend: Backend, tasks: list[SuiteTask], limits: SandboxLimi
         with ThreadPoolExecutor(max_workers=concurrency or default_concurrency()) as pool:
             ran = dict(zip([x[0].id for x in runnable],
                            pool.map(lambda x: run_judged(x[2].path, sorted(x[4]), x[1].hidden_tests, limits,
-                                                         x[1].judge_visible), runnable)))
+                                                         x[1].judge_visible, baseline=baselines(x[0])), runnable)))
         for st, task, ws, applied, scored in pending:
             result = ran.get(st.id)
             attempt = Attempt(applied.decision, result, scored)

@@ -74,7 +74,7 @@ class SuiteTask(BaseModel):
     """One task of a suite, self-contained (its files are in the spec; ``task()`` writes them out)."""
 
     id: str
-    kind: Literal["humaneval", "bugfix", "seed", "dir"]
+    kind: Literal["humaneval", "bugfix", "seed", "dir", "repo"]
     source: str                   # the source problem (the split is decided per source problem)
     split: Literal["train", "heldout"]
     files: dict[str, str] = {}    # the workspace (sources and visible tests); empty for dir tasks
@@ -83,6 +83,8 @@ class SuiteTask(BaseModel):
     mutation: str | None = None   # the injected bug (bugfix tasks)
     path: str | None = None       # dir tasks: the workspace on disk
     judge_visible: bool = True    # the judge also runs the visible tests (plain-data calls only)
+    focus: str | None = None      # repo tasks: the file whose function ``entry_point`` holds the bug
+    context: str = ""             # repo tasks: the project's tests that call it (shown to the model)
 
     def task(self, root: Path) -> Task:
         """The loop's Task: the workspace written under ``root`` (unchanged files are not rewritten)."""
@@ -90,6 +92,10 @@ class SuiteTask(BaseModel):
             return Task(id=self.id, source_dir=Path(self.path), hidden_tests=self.hidden_tests,
                         entry_point=self.entry_point, judge_visible=self.judge_visible)
         src = Path(root) / _safe(self.id)
+        if self.kind == "repo" and not src.exists():  # a working copy of the project, then the bug
+            from .repo_tasks import copy_project
+
+            copy_project(Path(self.path), src)
         for name, text in self.files.items():
             p = src / name
             if not p.exists() or p.read_text() != text:
@@ -393,6 +399,33 @@ def load_suite(name: str, seed: int = 0, cache: Path | None = None) -> Suite:
             raise SuiteError(f"suite {name}: two different tasks are named {t.id}")
         unique.setdefault(t.id, t)
     return Suite(name=name, seed=seed, tasks=list(unique.values()))
+
+
+def repo_suite(root: Path | str, seed: int = 0, limits=None, say=None, cache: Path | None = None) -> Suite:
+    """``rsi run --workspace REPO --suite bugfix``: bug-fix tasks from the project's own code
+    (repo_tasks.py), generated once per project content, sandbox image and seed, and cached."""
+    from .project_image import image_for_workspace
+    from .repo_tasks import VERSION, project_digest, repo_bugfix_tasks
+    from .sandbox import SandboxLimits, connect
+
+    root = Path(root).expanduser().resolve()
+    client = connect()
+    limits = limits or SandboxLimits.load()
+    image = image_for_workspace(client, root, base=limits.image)
+    limits = limits.model_copy(update={"image": image})
+    key = hashlib.sha256(f"{project_digest(root)}:{client.images.get(image).id}".encode()).hexdigest()[:16]
+    path = Path(cache or cache_root()) / f"repo-{_safe(root.name)}-{key}-seed{seed}-v{VERSION}.json"
+    name = f"bugfix:{root}"
+    if path.exists():
+        try:
+            return Suite.model_validate_json(path.read_text())
+        except ValueError:
+            pass
+    tasks = repo_bugfix_tasks(root, seed, limits=limits, client=client, say=say)
+    suite = Suite(name=name, seed=seed, tasks=tasks)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, suite.model_dump_json().encode())
+    return suite
 
 
 def select_tasks(spec: str, seed: int = 0) -> Suite:

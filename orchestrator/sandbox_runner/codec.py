@@ -27,6 +27,7 @@ MAX_DEPTH = 64
 MAX_ITEMS = 200_000          # containers' elements, summed over one value
 MAX_FRAME = 8 * 1024 * 1024  # bytes of one encoded message
 MAX_INT_DIGITS = 4000
+ITER_ITEMS = 1000          # a judged call that asks for a list gets an iterator's first items
 
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
 _BRACKET = re.compile(r"[\[\]{}]")

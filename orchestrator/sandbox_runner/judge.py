@@ -39,7 +39,7 @@ class _Channel:
     def __init__(self, req_fd: int, resp_fd: int):
         self.req_fd, self.resp_fd = req_fd, resp_fd
 
-    def call(self, module: str, name: str, args: tuple, kwargs: dict):
+    def call(self, module: str, name: str, args: tuple, kwargs: dict, iterate: bool = False):
         try:
             wire_args, wire_kwargs = encode(list(args)), encode(dict(kwargs))
         except CodecError as exc:
@@ -47,7 +47,8 @@ class _Channel:
         call_id = secrets.token_hex(8)
         STATS["calls"] += 1
         write_frame(self.req_fd, json.dumps(
-            {"id": call_id, "mod": module, "fn": name, "args": wire_args, "kwargs": wire_kwargs}).encode())
+            {"id": call_id, "mod": module, "fn": name, "args": wire_args, "kwargs": wire_kwargs,
+             "iter": iterate}).encode())
         frame = read_frame(self.resp_fd)
         if frame is None or not frame:
             raise CandidateError("the supervisor closed the call channel")
@@ -95,6 +96,11 @@ class RemoteFunction:
 
     def __call__(self, *args, **kwargs):
         return self._channel.call(self._module, self.__name__, args, kwargs)
+
+    def rsi_list(self, *args, **kwargs) -> list:
+        """The call's result iterated in the candidate's worker: its first ``ITER_ITEMS`` items, as a
+        list of plain data (for functions that return iterators)."""
+        return self._channel.call(self._module, self.__name__, args, kwargs, iterate=True)
 
     def __repr__(self) -> str:
         return f"<candidate function {self._module}.{self.__name__}>"
