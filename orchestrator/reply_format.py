@@ -8,7 +8,8 @@ formats:
 - ``code`` with a ``symbol`` (a bug-fix task on a real project, whose files are far longer than a
   model can rewrite): the block is the whole new definition of that one top-level function of the
   file; ``splice_function`` puts it in place of the old one, and the whole file then takes the
-  same path (schema, policy) as any edit. The block must parse to exactly that one function.
+  same path (schema, policy) as any edit. The block must parse to exactly that one function (imports
+  allowed beside it).
 - ``code``: for a request that writes one file, the whole new file in one fenced code block. The
   block becomes the JSON reply ``{"rationale": <the prose around it>, "edits"|"tests": [{"path":
   <target>, "content": <the block>}]}``, which then goes through the same extraction, schema and
@@ -188,17 +189,22 @@ def _function_span(tree: ast.Module, symbol: str) -> tuple[int, int] | None:
 
 
 def splice_function(current: str, symbol: str, new_def: str) -> str:
-    """``current`` with its top-level function ``symbol`` replaced by ``new_def`` (which must parse to
-    exactly one top-level function of that name); ReplyError with one structured reason otherwise."""
+    """``current`` with its top-level function ``symbol`` replaced by ``new_def``, verbatim. ``new_def``
+    must parse to exactly one top-level function of that name, optionally with import statements
+    (models often repeat the ones they use; they land where the old definition was); no other
+    function, class or statement, which could replace the module's other names. ReplyError with one
+    structured reason otherwise."""
     try:
         block = ast.parse(new_def)
     except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
         raise _extract("syntax_error", f"the code block does not parse: {str(exc)[:200]}") from None
-    body = [n for n in block.body if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))]
+    body = [n for n in block.body if not isinstance(n, (ast.Import, ast.ImportFrom))
+            and not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))]
     if (len(body) != 1 or not isinstance(body[0], (ast.FunctionDef, ast.AsyncFunctionDef))
             or body[0].name != symbol):
         raise _extract("not_the_function", f"reply with the whole new definition of `{symbol}` (one `def "
-                                           f"{symbol}(...)`, nothing else) in one ```python code block")
+                                           f"{symbol}(...)`, imports it needs allowed, no other function or "
+                                           "class) in one ```python code block")
     try:
         span = _function_span(ast.parse(current), symbol)
     except (SyntaxError, ValueError, RecursionError, MemoryError):

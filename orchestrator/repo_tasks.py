@@ -18,6 +18,9 @@ that the project's own tests catch, graded so that the reward cannot be gamed:
   itself are out of reach. The project's whole test suite is the visible run (in-process, against
   the untouched project's baseline, so the project's own skips do not fail it); a sample is
   archived only when both pass (evaluation.verified).
+- **Nothing to copy.** A project whose package the sandbox image already has outside the workspace
+  (e.g. pytest's own dependencies) is refused: a candidate could import the untouched original. The
+  working copy holds no VCS data, caches or build output.
 - **The project's own tests kill it.** Every task is checked in the sandbox before it is kept: the
   visible suite fails on the mutant, and the hidden tests pass on the untouched project.
 
@@ -61,7 +64,7 @@ HELDOUT_EVERY = 4            # one function in four (by name hash) is held out
 CALL_TIME_S = 2.0            # one oracle call
 ORACLE_TIMEOUT_S = 300       # the whole oracle container
 EXCERPT_CHARS = 2500         # the tests shown to the model
-VERSION = 1                  # bump when the tasks change shape (suite cache key)
+VERSION = 2                  # bump when the tasks change shape (suite cache key)
 
 COPY_IGNORE = shutil.ignore_patterns(".git", ".hg", ".svn", ".tox", ".nox", ".venv", "venv", "__pycache__",
                                      "*.pyc", "build", "dist", "*.egg-info", ".pytest_cache", ".mypy_cache",
@@ -180,6 +183,78 @@ def literal_calls(root: Path, test_files: list[str], names: set[str]) -> dict[st
     return out
 
 
+def trim_tests(root: Path, withheld: set[str]) -> dict[str, str]:
+    """{test file: its text without the withheld test functions} (each replaced by ``pass`` at its
+    indentation, decorators included, so a class keeps a body): the task's workspace never holds
+    them, so neither the candidate's files nor its visible run can give their values away."""
+    by_file: dict[str, set[str]] = {}
+    for place in withheld:
+        rel, name = place.split("::", 1)
+        by_file.setdefault(rel, set()).add(name)
+    out = {}
+    for rel, names in sorted(by_file.items()):
+        text = (root / rel).read_text(encoding="utf-8", errors="replace")
+        lines = text.split("\n")
+        spans = []
+        for node in _test_functions(ast.parse(text)):
+            if node.name in names:
+                first = min([node.lineno] + [d.lineno for d in node.decorator_list])
+                spans.append((first, node.end_lineno, node.col_offset))
+        for first, last, col in sorted(spans, reverse=True):  # nested spans: the outer one wins
+            if all(not (a <= first and last <= b) or (a, b) == (first, last) for a, b, _ in spans):
+                lines[first - 1:last] = [" " * col + "pass"]
+        out[rel] = "\n".join(lines)
+    return out
+
+
+def _calls_in(tree: ast.AST, names: set[str]):
+    """(name, wire key) of every call with literal arguments to one of ``names`` in ``tree``."""
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        f = node.func
+        name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else None
+        if name not in names or any(isinstance(a, ast.Starred) for a in node.args) or \
+                any(k.arg is None for k in node.keywords):
+            continue
+        try:
+            wire = (encode([_literal(a) for a in node.args]), encode({k.arg: _literal(k.value) for k in node.keywords}))
+        except (ValueError, TypeError, SyntaxError, CodecError, MemoryError, RecursionError):
+            continue
+        yield name, json.dumps(wire, sort_keys=True)
+
+
+def visible_calls(workspace: Path, names: set[str]) -> set[tuple[str, str]]:
+    """Every literal call to ``names`` a candidate could find in its workspace: in any Python file's
+    code, and in the doctest examples of any of its strings (docstrings of the sources included)."""
+    import doctest
+
+    parser = doctest.DocTestParser()
+    seen: set[tuple[str, str]] = set()
+    for path in sorted(Path(workspace).rglob("*.py")):
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8", errors="replace"))
+        except (OSError, SyntaxError, ValueError, RecursionError):
+            continue
+        seen.update(_calls_in(tree, names))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and ">>>" in node.value:
+                try:
+                    examples = parser.get_examples(node.value)
+                except ValueError:
+                    continue
+                for ex in examples:
+                    try:
+                        seen.update(_calls_in(ast.parse(ex.source), names))
+                    except (SyntaxError, ValueError, RecursionError):
+                        continue
+    return seen
+
+
+def call_key(symbol: str, call: dict) -> tuple[str, str]:
+    return symbol, json.dumps((call["args"], call["kwargs"]), sort_keys=True)
+
+
 def _call_text(name: str, args: list, kwargs: dict) -> str:
     return f"{name}({', '.join([repr(a) for a in args] + [f'{k}={v!r}' for k, v in kwargs.items()])})"
 
@@ -227,12 +302,57 @@ def withhold(kill_calls: list[dict], rng: random.Random) -> set[str]:
 # ----- expected values: the oracle, in the project's sandbox image -----
 
 ORACLE = r'''
-import importlib, itertools, json, os, resource, signal, sys
-sys.path[:0] = [p for p in os.environ.get("RSI_PYTHONPATH", "").split(":") if p] or ["/workspace"]
+import importlib, importlib.util, itertools, json, os, resource, signal, sys
 os.chdir("/tmp")
+job = json.load(open("/rsi-job/job.json"))
+provided = {}  # the project's packages that the image itself already has (outside /workspace)
+for top in job["tops"]:
+    try:
+        spec = importlib.util.find_spec(top)
+    except BaseException:
+        spec = None
+    if spec is not None:
+        provided[top] = str(spec.origin or list(spec.submodule_search_locations or []))
+import ast
+
+def _norm(node):
+    body = node.body[1:] if (node.body and isinstance(node.body[0], ast.Expr)
+                             and isinstance(getattr(node.body[0], "value", None), ast.Constant)) else node.body
+    return ast.dump(ast.Module(body=body, type_ignores=[])) + node.name + ast.dump(node.args)
+
+targets = {}
+for f in job["functions"]:
+    try:
+        targets[f["symbol"]] = _norm(ast.parse(f["source"]).body[0])
+    except Exception:
+        pass
+copies = {}  # the original function, as it is, somewhere the image has outside the workspace
+for base in list(sys.path):
+    if not base or base.startswith("/workspace") or not os.path.isdir(base):
+        continue
+    for dirpath, dirnames, filenames in os.walk(base):
+        for name in filenames:
+            if not name.endswith(".py"):
+                continue
+            path = os.path.join(dirpath, name)
+            try:
+                text = open(path, encoding="utf-8", errors="replace").read()
+            except OSError:
+                continue
+            hits = [t for t in targets if "def " + t + "(" in text and t not in copies]
+            if not hits:
+                continue
+            try:
+                tree = ast.parse(text)
+            except Exception:
+                continue
+            for node in ast.walk(tree):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name in hits \
+                        and _norm(node) == targets[node.name]:
+                    copies[node.name] = path
+sys.path[:0] = [p for p in os.environ.get("RSI_PYTHONPATH", "").split(":") if p] or ["/workspace"]
 from rsi_sandbox.codec import ITER_ITEMS, CodecError, decode, encode
 from rsi_sandbox.worker import builtin_exception_name
-job = json.load(open("/rsi-job/job.json"))
 
 class Stop(BaseException):
     pass
@@ -286,16 +406,18 @@ for f in job["functions"]:
         finally:
             setattr(mod, f["symbol"], original)
     out.append({"rows": rows})
-sys.stdout.write("\nRSI-ORACLE " + json.dumps(out) + "\n")
+sys.stdout.write("\nRSI-ORACLE " + json.dumps({"functions": out, "provided": provided, "copies": copies}) + "\n")
 '''
 
 
-def run_oracle(image: str, root: Path, functions: list[Function], limits: SandboxLimits, client=None) -> list[dict]:
+def run_oracle(image: str, root: Path, functions: list[Function], limits: SandboxLimits, client=None) -> dict:
     """Outcomes of every function (original twice, then each mutant) on its calls, computed in a
-    hardened container of ``image`` (no network, read-only project, the candidate's UID)."""
+    hardened container of ``image`` (no network, read-only project, the candidate's UID):
+    ``{"functions": [{"rows": ...} | {"error": ...}], "provided": {top-level package: where the image
+    has it outside the workspace}}``."""
     client = client or connect()
-    job = {"call_s": CALL_TIME_S, "functions": [
-        {"module": f.module, "symbol": f.symbol, "calls": [{"args": c["args"], "kwargs": c["kwargs"]} for c in f.calls],
+    job = {"call_s": CALL_TIME_S, "tops": sorted({f.module.split(".")[0] for f in functions}), "functions": [
+        {"module": f.module, "symbol": f.symbol, "source": f.source, "calls": [{"args": c["args"], "kwargs": c["kwargs"]} for c in f.calls],
          "mutants": [m.source for m in f.mutants]} for f in functions]}
     with tempfile.TemporaryDirectory(prefix="rsi-oracle-") as tmp:
         jobdir = Path(tmp) / "job"
@@ -478,20 +600,33 @@ def repo_bugfix_tasks(root: Path | str, seed: int = 0, limits: SandboxLimits | N
     if not chosen:
         raise RepoTaskError(f"{root}: no function of the project is called with literal arguments in its tests "
                             "(nothing to judge a fix by)")
-    answers = run_oracle(limits.image, root, chosen, limits, client)
+    oracle = run_oracle(limits.image, root, chosen, limits, client)
+    if oracle.get("provided"):
+        # a candidate could import the untouched original from there instead of fixing the bug
+        raise RepoTaskError(f"{root}: the sandbox image already has the project's own package outside the "
+                            f"workspace ({', '.join(f'{k} at {v}' for k, v in sorted(oracle['provided'].items()))}); "
+                            "a candidate could copy the original from it, so its bug-fix tasks cannot be judged")
+    copies = oracle.get("copies") or {}
+    if copies:  # a candidate could import the untouched original from there
+        say(f"{spec.name}: {len(copies)} functions left out, the image has them as they are outside the "
+            f"workspace ({', '.join(f'{k} in {v}' for k, v in sorted(copies.items())[:3])})")
     proposals = []
-    for f, ans in zip(chosen, answers):
+    for f, ans in zip(chosen, oracle.get("functions", [])):
         rows = ans.get("rows") if isinstance(ans, dict) else None
+        if f.symbol in copies:
+            continue
         if not rows or len(rows) < 2:
             log.info("repo_tasks.oracle_error", function=f"{f.module}.{f.symbol}", error=str(ans)[:200])
             continue
         for m, mrow in zip(f.mutants, rows[2:]):
             cases, kills = cases_for(f.calls, rows[0], rows[1], mrow)
             if cases:
-                proposals.append((f, m, cases, withhold([c for c, _ in cases[:kills]], rng)))
+                proposals.append((f, m, cases, kills))
     proposals = _round_robin(proposals)
     if not proposals:
         raise RepoTaskError(f"{root}: no mutant of the project's functions changes a value its tests ask for")
+    from .evaluation import verified
+
     with tempfile.TemporaryDirectory(prefix="rsi-repo-tasks-") as tmp:
         base = copy_project(root, Path(tmp) / "base")
         baseline = run_tests(base, limits=limits)
@@ -505,27 +640,48 @@ def repo_bugfix_tasks(root: Path | str, seed: int = 0, limits: SandboxLimits | N
         on_original = judged_outcomes(untouched)
         texts = {}
         candidates = []
-        for name, (f, m, cases, held) in zip(names, proposals):
+        for name, (f, m, cases, kills) in zip(names, proposals):
             if not on_original.get(name):
                 continue  # the judge does not reproduce the oracle on the untouched code: not a task
+            held = withhold([c for c, _ in cases[:kills]], rng)
+            trimmed = trim_tests(root, held)
+            view = copy_project(base, Path(tmp) / f"v-{name[:-3]}")
+            for rel, text in trimmed.items():
+                (view / rel).write_text(text, encoding="utf-8")
+            seen = visible_calls(view, {f.symbol})
+            if all(call_key(f.symbol, c) in seen for c, _ in cases[:kills]):
+                shutil.rmtree(view, ignore_errors=True)  # every catching call is still in sight (a docstring)
+                continue
             if f.rel not in texts:
                 texts[f.rel] = (root / f.rel).read_text(encoding="utf-8")
-            candidates.append((name, f, m, splice_function(texts[f.rel], f.symbol, m.source), held))
+            candidates.append((name, f, m, splice_function(texts[f.rel], f.symbol, m.source), held, trimmed, view))
         say(f"{spec.name}: {len(proposals)} mutants tell apart a value, {len(candidates)} judged alike on the "
-            "untouched project; checking that the project's tests catch each")
+            "untouched project with a catching call out of sight; checking each in the sandbox")
         if not candidates:
             why = (untouched.judged.reasons[:1] if untouched.judged is not None else untouched.reasons[:1]) or ["?"]
-            raise RepoTaskError(f"{root}: the judge does not reproduce the project's answers on its untouched code "
-                                f"({why[0][:200]}); a project that the image's pytest itself imports (e.g. "
-                                "more-itertools, packaging) cannot be judged")
+            raise RepoTaskError(f"{root}: no mutant is judged alike on the untouched code with a catching call out "
+                                f"of the model's sight ({why[0][:200]}); a project that the image's pytest itself "
+                                "imports (e.g. more-itertools, packaging) cannot be judged")
 
         def check(item) -> bool:
-            name, f, m, text, _ = item
-            ws = copy_project(base, Path(tmp) / f"m-{name[:-3]}")
-            (ws / f.rel).write_text(text, encoding="utf-8")
-            res = run_judged(ws, protected, {name: hidden[name]}, limits, judge_visible=False, baseline=baseline)
-            shutil.rmtree(ws, ignore_errors=True)
-            return res.verdict == "fail" and res.judged is not None and res.judged.verdict == "fail"
+            """The project's whole suite catches the bug; on the task's own workspace (the withheld tests
+            removed), the untouched function is verified and the bug fails the judge."""
+            name, f, m, text, _, _, view = item
+            full = copy_project(base, Path(tmp) / f"m-{name[:-3]}")
+            (full / f.rel).write_text(text, encoding="utf-8")
+            caught = run_tests(full, limits=limits, baseline=baseline).verdict == "fail"
+            shutil.rmtree(full, ignore_errors=True)
+            if not caught:
+                return False
+            own = run_tests(view, limits=limits)
+            if own.failed or own.errors or own.verdict not in ("pass", "fail"):
+                return False
+            one = {name: hidden[name]}
+            if not verified(run_judged(view, protected, one, limits, judge_visible=False, baseline=own)):
+                return False
+            (view / f.rel).write_text(text, encoding="utf-8")
+            res = run_judged(view, protected, one, limits, judge_visible=False, baseline=own)
+            return res.judged is not None and res.judged.verdict == "fail"
 
         kept = []
         step = max(1, min(4, os.cpu_count() or 2))
@@ -536,10 +692,10 @@ def repo_bugfix_tasks(root: Path | str, seed: int = 0, limits: SandboxLimits | N
                 if len(kept) >= max_tasks:
                     break
     tasks = []
-    for i, (name, f, m, text, held) in enumerate(kept[:max_tasks]):
+    for i, (name, f, m, text, held, trimmed, _) in enumerate(kept[:max_tasks]):
         tasks.append(SuiteTask(
             id=f"repo:{spec.name}:{f.module}.{f.symbol}#{i}", kind="repo", source=f"{spec.name}:{f.module}.{f.symbol}",
-            split=_split(f.module, f.symbol), path=str(root), files={f.rel: text}, hidden_tests={name: hidden[name]},
+            split=_split(f.module, f.symbol), path=str(root), files={f.rel: text, **trimmed}, hidden_tests={name: hidden[name]},
             entry_point=f.symbol, mutation=m.description, judge_visible=False, focus=f.rel,
             context=tests_excerpt(root, tests, f.symbol, held)))
     say(f"{spec.name}: {len(tasks)} bug-fix tasks "

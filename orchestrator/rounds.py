@@ -25,6 +25,7 @@ candidates are seeded, and the archive ignores a sample it already holds.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import secrets
@@ -228,8 +229,9 @@ def task_request(backend: Backend, st: SuiteTask, ws: Path, protected: list[str]
 
 
 class Baselines:
-    """The untouched project's own run, once per repo project (run_tests(baseline=...)), so a test the
-    project itself skips on this platform does not fail every candidate; None for other tasks."""
+    """The untouched project's own run (with the task's withheld tests removed, as in its workspace),
+    once per project and set of removed tests (run_tests(baseline=...)), so a test the project itself
+    skips on this platform does not fail every candidate; None for other tasks."""
 
     def __init__(self, limits: SandboxLimits, scratch: Path):
         self.limits, self.scratch = limits, scratch
@@ -239,15 +241,20 @@ class Baselines:
     def __call__(self, st: SuiteTask) -> SandboxResult | None:
         if st.kind != "repo":
             return None
+        tests = {rel: text for rel, text in st.files.items() if rel != st.focus}  # withheld tests removed
+        key = hashlib.sha256(json.dumps([st.path, sorted(tests.items())]).encode()).hexdigest()
         with self._lock:
-            if st.path not in self._runs:
+            if key not in self._runs:
                 from .repo_tasks import copy_project
 
-                dest = self.scratch / f"baseline-{_safe(Path(st.path).name)}"
+                dest = self.scratch / f"baseline-{key[:16]}"
                 shutil.rmtree(dest, ignore_errors=True)
-                self._runs[st.path] = run_tests(copy_project(Path(st.path), dest), limits=self.limits)
+                copy_project(Path(st.path), dest)
+                for rel, text in tests.items():
+                    (dest / rel).write_text(text, encoding="utf-8")
+                self._runs[key] = run_tests(dest, limits=self.limits)
                 shutil.rmtree(dest, ignore_errors=True)
-            return self._runs[st.path]
+            return self._runs[key]
 
 
 def repo_image(tasks: list[SuiteTask], limits: SandboxLimits) -> str:

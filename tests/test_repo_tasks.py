@@ -126,11 +126,19 @@ def test_splice_replaces_only_that_function_and_keeps_the_rest_byte_for_byte():
         "import functools\n\n\ndef f(x):\n    return 2\n\n\nY = 1\n"
 
 
+def test_imports_beside_the_function_are_spliced_with_it_verbatim():
+    block = "from functools import reduce\nimport operator\n\ndef total(items):\n    return reduce(operator.add, items, 0)\n"
+    out = splice_function(CORE, "total", block)
+    assert block.rstrip("\n") in out and "s += v" not in out and out.count("def total(") == 1
+    assert "def clamp(" in out and "def pairs(" in out
+
+
 @pytest.mark.parametrize("block, code", [
     ("def other(x):\n    return x\n", "not_the_function"),
     ("def total(a):\n    return 1\n\ndef total(b):\n    return 2\n", "not_the_function"),
     ("class total:\n    pass\n", "not_the_function"),
-    ("import os\ndef total(items):\n    return 0\n", "not_the_function"),
+    ("def helper(x):\n    return x\n\n\ndef total(items):\n    return helper(0)\n", "not_the_function"),
+    ("import os\nX = 1\ndef total(items):\n    return X\n", "not_the_function"),
     ("total = lambda items: 0\n", "not_the_function"),
     ("def total(items:\n    return 0\n", "syntax_error"),
     ("    def total(items):\n        return 0\n", "syntax_error"),
@@ -438,3 +446,54 @@ def test_tasks_from_toolz(tmp_path, docker_client, sandbox_image):
     assert result.passed > 150  # the project's whole suite ran in the visible phase
     result, ok, _ = _grade(st, f"```python\n{_function(st.files[st.focus], st.entry_point)}```\n", tmp_path / "b")
     assert not ok and result.verdict == "fail"
+
+
+@pytest.mark.docker
+def test_a_project_whose_package_the_image_already_has_is_refused(tmp_path, docker_client, sandbox_image):
+    """The sandbox image has Debian's `packaging` (a pytest dependency) outside /workspace: a candidate
+    could import the untouched original from there, so no task is made. (Positive control: the same
+    project named `mini` gives tasks, the `mini` fixture.)"""
+    from orchestrator.repo_tasks import RepoTaskError, repo_bugfix_tasks
+
+    root = mini_project(tmp_path / "p")
+    (root / "mini").rename(root / "packaging")
+    (root / "test_core.py").write_text(TESTS.replace("from mini.core", "from packaging.core"))
+    with pytest.raises(RepoTaskError, match="already has the project's own package outside the workspace"):
+        repo_bugfix_tasks(root, seed=0)
+
+
+def test_trim_tests_removes_withheld_functions_and_keeps_the_file_valid(tmp_path):
+    ws = mini_project(tmp_path / "p")
+    (ws / "test_cls.py").write_text("import pytest\n\n\nclass TestA:\n    @pytest.mark.slow\n    def test_only(self):\n"
+                                    "        assert 1\n\n\ndef test_keep():\n    assert 2\n")
+    out = repo_tasks.trim_tests(ws, {"test_core.py::test_clamp_low", "test_cls.py::test_only"})
+    ast.parse(out["test_core.py"]) and ast.parse(out["test_cls.py"])
+    assert "def test_clamp_low" not in out["test_core.py"] and "clamp(-5, 0, 10)" not in out["test_core.py"]
+    assert "def test_clamp_high" in out["test_core.py"]
+    assert "test_only" not in out["test_cls.py"] and "@pytest.mark.slow" not in out["test_cls.py"]
+    assert "class TestA:\n    pass" in out["test_cls.py"] and "def test_keep" in out["test_cls.py"]
+
+
+def test_visible_calls_include_doctests_of_the_sources(tmp_path):
+    ws = mini_project(tmp_path / "p")
+    (ws / "mini" / "extra.py").write_text('def f():\n    """\n    >>> clamp(99, 0, 1)\n    1\n    """\n')
+    seen = repo_tasks.visible_calls(ws, {"clamp"})
+    assert repo_tasks.call_key("clamp", {"args": encode([99, 0, 1]), "kwargs": encode({})}) in seen
+    assert repo_tasks.call_key("clamp", {"args": encode([-5, 0, 10]), "kwargs": encode({})}) in seen
+    assert repo_tasks.call_key("clamp", {"args": encode([7, 7, 7]), "kwargs": encode({})}) not in seen
+
+
+@pytest.mark.docker
+def test_a_task_workspace_never_holds_its_unseen_catching_call(mini, tmp_path):
+    """The withheld test functions are not in the task's workspace (neither its files nor its visible
+    run can give their values away), and at least one judged call is nowhere in it."""
+    root, tasks = mini
+    for st in tasks:
+        task = st.task(tmp_path / "tasks")
+        seen = repo_tasks.visible_calls(task.source_dir, {st.entry_point})
+        (hidden,) = st.hidden_tests.values()
+        calls = [n for n in ast.walk(ast.parse(hidden)) if isinstance(n, ast.Call) and "_fn" in ast.unparse(n.func)]
+        unseen = [c for c in calls if repo_tasks.call_key(st.entry_point, {
+            "args": encode([ast.literal_eval(a) for a in c.args]),
+            "kwargs": encode({k.arg: ast.literal_eval(k.value) for k in c.keywords})}) not in seen]
+        assert unseen, (st.id, hidden)
