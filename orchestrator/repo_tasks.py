@@ -158,20 +158,7 @@ def literal_calls(root: Path, test_files: list[str], names: set[str]) -> dict[st
             continue
         for test in _test_functions(tree):
             where = f"{rel}::{test.name}"
-            for node in ast.walk(test):
-                if not isinstance(node, ast.Call):
-                    continue
-                f = node.func
-                name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else None
-                if name not in names or any(isinstance(a, ast.Starred) for a in node.args) or \
-                        any(k.arg is None for k in node.keywords):
-                    continue
-                try:
-                    args = [_literal(a) for a in node.args]
-                    kwargs = {k.arg: _literal(k.value) for k in node.keywords}
-                    wire = (encode(args), encode(kwargs))
-                except (ValueError, TypeError, SyntaxError, CodecError, MemoryError, RecursionError):
-                    continue
+            for name, args, kwargs, wire in _literal_calls_in(test, names):
                 key = (name, json.dumps(wire, sort_keys=True))
                 if key in seen:
                     if where not in seen[key]["where"]:
@@ -207,8 +194,9 @@ def trim_tests(root: Path, withheld: set[str]) -> dict[str, str]:
     return out
 
 
-def _calls_in(tree: ast.AST, names: set[str]):
-    """(name, wire key) of every call with literal arguments to one of ``names`` in ``tree``."""
+def _literal_calls_in(tree: ast.AST, names: set[str]):
+    """(name, args, kwargs, wire) of every call in ``tree`` to one of ``names`` whose arguments are all
+    literals of plain data."""
     for node in ast.walk(tree):
         if not isinstance(node, ast.Call):
             continue
@@ -218,9 +206,17 @@ def _calls_in(tree: ast.AST, names: set[str]):
                 any(k.arg is None for k in node.keywords):
             continue
         try:
-            wire = (encode([_literal(a) for a in node.args]), encode({k.arg: _literal(k.value) for k in node.keywords}))
+            args = [_literal(a) for a in node.args]
+            kwargs = {k.arg: _literal(k.value) for k in node.keywords}
+            wire = (encode(args), encode(kwargs))
         except (ValueError, TypeError, SyntaxError, CodecError, MemoryError, RecursionError):
             continue
+        yield name, args, kwargs, wire
+
+
+def _calls_in(tree: ast.AST, names: set[str]):
+    """(name, wire key) of every literal call to one of ``names`` in ``tree``."""
+    for name, _, _, wire in _literal_calls_in(tree, names):
         yield name, json.dumps(wire, sort_keys=True)
 
 
