@@ -88,6 +88,18 @@ class Policy(BaseModel):
         return cls(**tomllib.loads(path.read_text()))
 
 
+def model_cannot_write(rel: str, policy: "Policy | None" = None) -> bool:
+    """Whether no phase lets the model write the workspace path ``rel``, by its name alone: the patch
+    phase's deny globs and deny dirs, except the tests phase's own pattern (``test_gen_*.py``, which the
+    model writes). The host's baseline rule (sandbox.with_baseline) excuses skips only in such files;
+    the in-image copy for standalone runs (sandbox_runner/baseline.py) must agree (tests/test_policy.py)."""
+    policy = policy or Policy.load()
+    parts = [p for p in rel.replace("\\", "/").split("/") if p]
+    if not parts or fnmatch.fnmatchcase(parts[-1], policy.tests.pattern):
+        return False
+    return _matches_any(parts[-1], policy.patch.deny_globs) or any(p in policy.patch.deny_dirs for p in parts[:-1])
+
+
 def generated_test_prefix(policy: "Policy | None" = None) -> str:
     """The fixed part of generated test names (``test_gen_``), from the policy's pattern: the
     decoder, the prompts and the reply formats derive it from here."""

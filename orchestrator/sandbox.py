@@ -475,8 +475,13 @@ def with_baseline(result: SandboxResult, baseline: SandboxResult) -> SandboxResu
     same outcome and reason in a file the model cannot write; a test of the baseline that is no
     longer collected fails the run. Counts are never changed, so the reward (tests that ran and
     passed) is the same with or without a baseline."""
+    from .policy import Policy, model_cannot_write
+
+    policy = Policy.load()
+
     def rebased(phase: PhaseResult, base: PhaseResult) -> dict:
-        out = rebase(phase.model_dump(exclude={"judged"}), base.model_dump(exclude={"judged"}))
+        out = rebase(phase.model_dump(exclude={"judged"}), base.model_dump(exclude={"judged"}),
+                     protected=lambda rel: model_cannot_write(rel, policy))
         return {"verdict": out["verdict"], "reasons": out["reasons"], "excused": out["excused"]}
 
     update = rebased(result, baseline)

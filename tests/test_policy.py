@@ -218,3 +218,36 @@ def test_rejections_are_short_and_feedable(ws, policy):
     d = check_reply(patch(("../x.py", OK), ("test_a.py", OK)), "patch", ws, policy)
     text = d.feedback()
     assert text.count("\n") == 1 and "parent_reference" in text and "forbidden_file" in text
+
+
+@pytest.mark.parametrize("rel", ["test_a.py", "a_test.py", "conftest.py", "pkg/conftest.py", "tests/x.py",
+                                 "test/helpers.py", "pkg/tests/data.py", "test_gen_1.py", "tests/test_gen_2.py",
+                                 "src/mod.py", "mod.py", "testing.py", "tests.py", "pkg/test_io.py"])
+def test_the_baseline_rule_and_the_policy_agree_on_what_the_model_cannot_write(rel):
+    """One rule: the host excuses a baseline skip only where the policy (policies/default.toml) forbids
+    the model to write; the copy baked into the image for standalone runs says the same of test files."""
+    from orchestrator.policy import model_cannot_write
+    from orchestrator.sandbox_runner.baseline import default_protected
+
+    policy = Policy.load()
+    assert model_cannot_write(rel, policy) == (rel in {
+        "test_a.py", "a_test.py", "conftest.py", "pkg/conftest.py", "tests/x.py", "test/helpers.py",
+        "pkg/tests/data.py", "pkg/test_io.py"})
+    assert default_protected(rel) == model_cannot_write(rel, policy)
+
+
+def test_the_host_baseline_follows_the_policy_file(tmp_path, monkeypatch):
+    """A skip in a file the policy forbids (pyproject-style config globs included) is excused on the host
+    whatever the in-image default says: the rule is read from the policy, not from a copy."""
+    from orchestrator import policy as policy_mod
+    from orchestrator.sandbox import SandboxResult, with_baseline
+
+    skip = {"nodeid": "checks/spec_check.py::test_x", "outcome": "skipped",
+            "message": "checks/spec_check.py:3: Skipped: needs windows"}
+    run = SandboxResult(verdict="fail", passed=1, skipped=1, exit_code=0, reasons=["1 tests skipped or xfailed (they never "
+                        "count as passes)"], tests=[skip, {"nodeid": "test_a.py::t", "outcome": "passed"}])
+    assert with_baseline(run, run).verdict == "fail"  # checks/ is writable under the shipped policy
+    custom = Policy.load()
+    custom.patch.deny_dirs = custom.patch.deny_dirs + ["checks"]
+    monkeypatch.setattr(policy_mod.Policy, "load", classmethod(lambda cls, path=None: custom))
+    assert with_baseline(run, run).verdict == "pass"
