@@ -99,9 +99,43 @@ class LocalCluster:
             raise RuntimeError(f"expected one raylet for node {i}, found {pids}")
         return pids[0]
 
+    def _descendants(self, pid: int) -> list[int]:
+        children: dict[int, list[int]] = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+                except (OSError, IndexError, ValueError):
+                    continue
+                children.setdefault(ppid, []).append(int(entry))
+        out, todo = [], [pid]
+        while todo:
+            for child in children.get(todo.pop(), []):
+                out.append(child)
+                todo.append(child)
+        return out
+
+    def running(self, i: int, task: str) -> bool:
+        """Whether one of node ``i``'s workers is executing ``task`` now (Ray titles a busy worker's
+        process ``ray::<task>``, an idle one ``ray::IDLE``)."""
+        for pid in self._descendants(self.raylet_pid(i)):
+            try:
+                if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(f"ray::{task}".encode()):
+                    return True
+            except OSError:
+                continue
+        return False
+
     def kill_node(self, i: int) -> None:
-        """SIGKILL one node's raylet: the node is lost, its workers die with it."""
-        os.kill(self.raylet_pid(i), signal.SIGKILL)
+        """A lost machine: SIGKILL one node's raylet and every process it started (its workers, with the
+        runs they hold), all at once. Killing the raylet alone is not enough: a worker in the middle of a
+        task finishes it and reports to its owner before it notices that its raylet is gone."""
+        raylet = self.raylet_pid(i)
+        for pid in [raylet] + self._descendants(raylet):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def stop(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGKILL):
