@@ -298,7 +298,7 @@ def withhold(kill_calls: list[dict], rng: random.Random) -> set[str]:
 # ----- expected values: the oracle, in the project's sandbox image -----
 
 ORACLE = r'''
-import importlib, importlib.util, itertools, json, os, resource, signal, sys
+import importlib, importlib.util, itertools, json, os, signal, sys
 os.chdir("/tmp")
 job = json.load(open("/rsi-job/job.json"))
 provided = {}  # the project's packages that the image itself already has (outside /workspace)

@@ -15,7 +15,6 @@ from orchestrator.hack_screen import screen
 from orchestrator.policy import Policy
 from orchestrator.protocol import check
 from orchestrator.reply_format import ReplyFormat, code_reply_to_json, splice_function
-from orchestrator.schema import ReplyError
 from tests.test_repo_tasks import CORE, _function, _grade, mini, mini_project  # noqa: F401 - fixture
 
 

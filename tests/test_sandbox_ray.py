@@ -4,7 +4,6 @@ A small round's verification goes through the cluster while one node's raylet is
 candidate gets exactly one verdict, none is lost, and the verdicts are the docker provider's."""
 
 import os
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
