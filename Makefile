@@ -43,7 +43,7 @@ $(VLLM_STAMP):
 
 vllm: $(VLLM_STAMP)
 
-# vLLM for the GPU profile (orchestrator/gpu.py) where the vllm/vllm-openai image cannot be pulled:
+# vLLM for the GPU profile (orchestrator/models/gpu.py) where the vllm/vllm-openai image cannot be pulled:
 # PyPI's CUDA build, same release, in its own venv ([gpu] server = "venv").
 vllm-gpu:
 	$(PYTHON) -m venv .venv-vllm-gpu
@@ -77,7 +77,7 @@ trainer-wheels: $(WHEELS_STAMP)
 # With an NVIDIA runtime in the Docker engine, make images also builds rsi-trainer:gpu (the GPU profile).
 images: install docker-check trainer-wheels
 	$(BIN)/rsi --log-level info images build
-	@if $(BIN)/python -m orchestrator.gpu --has-runtime; then $(MAKE) trainer-gpu-image; fi
+	@if $(BIN)/python -m orchestrator.models.gpu --has-runtime; then $(MAKE) trainer-gpu-image; fi
 
 GPU_WHEELS_STAMP := trainer_image/wheelhouse-gpu/.gpu
 

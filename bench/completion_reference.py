@@ -24,10 +24,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.results_io import Recorder  # noqa: E402
-from orchestrator.backends import ReplayBackend  # noqa: E402
-from orchestrator.embedded_model import ensure_converted  # noqa: E402
-from orchestrator.humaneval_eval import evaluate, summarize, task_ids  # noqa: E402
-from orchestrator.tasks import humaneval_problems  # noqa: E402
+from orchestrator.models.backends import ReplayBackend  # noqa: E402
+from orchestrator.models.embedded_model import ensure_converted  # noqa: E402
+from orchestrator.evaluation.humaneval import evaluate, summarize, task_ids  # noqa: E402
+from orchestrator.agent.tasks import humaneval_problems  # noqa: E402
 
 STOPS = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\nassert ")
 

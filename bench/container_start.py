@@ -29,7 +29,7 @@ import docker  # noqa: E402
 from docker.models.containers import Container, ContainerCollection  # noqa: E402
 
 from bench.results_io import Recorder  # noqa: E402
-from orchestrator import sandbox  # noqa: E402
+from orchestrator.sandbox import container as sandbox  # noqa: E402
 
 SEED = Path(__file__).resolve().parent.parent / "seeds" / "example"
 STEPS = ("stage_copy", "create", "attach", "start", "wait", "reload", "remove")

@@ -3,12 +3,12 @@
     .venv/bin/python bench/embedded_default.py [--models qwen2.5-coder-0.5b,smollm2-135m] [--tokens 128]
                                                [--no-vllm] [--train-steps 4]
 
-Per embedded model (orchestrator/embedded_model.py; prepared with `rsi models embedded NAME`):
+Per embedded model (orchestrator/models/embedded_model.py; prepared with `rsi models embedded NAME`):
 
 - **tokens/s, transformers in process** (the local backend's load: the model's dtype, 2 threads):
   ``--tokens`` new tokens, greedy, EOS ignored, on the code-format patch prompts of three HumanEval
   train problems, one request at a time (after one warm-up request);
-- **tokens/s, vLLM** (the #12 engine, orchestrator/engine.py, on the same converted directory, where
+- **tokens/s, vLLM** (the #12 engine, orchestrator/models/engine.py, on the same converted directory, where
   ``make vllm`` built its venv): one request, and ``k`` samples in one request with ``n`` (how the
   rounds ask for candidates);
 - **LoRA step time on the CPU** (the trainer container, the rounds' TrainConfig but ``--train-steps``
@@ -48,9 +48,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.reply_format import request  # noqa: E402
 from bench.results_io import RESULTS, Recorder  # noqa: E402
 from orchestrator.config import RunConfig  # noqa: E402
-from orchestrator.embedded_model import ensure_converted, get  # noqa: E402
-from orchestrator.humaneval_eval import task_ids  # noqa: E402
-from orchestrator.tasks import humaneval_problems  # noqa: E402
+from orchestrator.models.embedded_model import ensure_converted, get  # noqa: E402
+from orchestrator.evaluation.humaneval import task_ids  # noqa: E402
+from orchestrator.agent.tasks import humaneval_problems  # noqa: E402
 
 NAME = "embedded_default"
 DEMO = Path(__file__).resolve().parent.parent / "policies" / "demo.toml"  # make run's config
@@ -68,7 +68,7 @@ def prompts_for(ids: list[str], tmp: Path) -> list[list[dict]]:
 def local_rate(model, prompts: list[list[dict]], tokens: int) -> dict:
     import torch
 
-    from orchestrator.backends import LocalBackend
+    from orchestrator.models.backends import LocalBackend
 
     t0 = time.perf_counter()
     backend = LocalBackend(ensure_converted(model.name), model.model_id, max_new_tokens=tokens, dtype=model.dtype)
@@ -95,7 +95,7 @@ def local_rate(model, prompts: list[list[dict]], tokens: int) -> dict:
 def vllm_rate(model, prompts: list[list[dict]], tokens: int, k: int) -> dict:
     import requests
 
-    from orchestrator.engine import Engine, EngineError, EngineSpec, available
+    from orchestrator.models.engine import Engine, EngineError, EngineSpec, available
 
     if not available():
         return {"skipped": "no vLLM venv (make vllm)"}
@@ -131,8 +131,8 @@ def vllm_rate(model, prompts: list[list[dict]], tokens: int, k: int) -> dict:
 
 
 def lora_steps(model, ids: list[str], steps: int, tmp: Path) -> dict:
-    from orchestrator.trainer import run_training
-    from orchestrator.trainer_runner.config import TrainConfig
+    from orchestrator.training.launcher import run_training
+    from orchestrator.training.runner.config import TrainConfig
 
     problems = humaneval_problems()
     tmp.mkdir(parents=True, exist_ok=True)

@@ -31,20 +31,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from rich.console import Console  # noqa: E402
 
 from bench.results_io import Recorder  # noqa: E402
-from orchestrator import gate  # noqa: E402
-from orchestrator.adapters import Registry  # noqa: E402
-from orchestrator.archive import Archive  # noqa: E402
-from orchestrator.audit import AuditLog  # noqa: E402
-from orchestrator.backends import make_backend  # noqa: E402
+from orchestrator.training import gate  # noqa: E402
+from orchestrator.training.adapters import Registry  # noqa: E402
+from orchestrator.store.archive import Archive  # noqa: E402
+from orchestrator.store.audit import AuditLog  # noqa: E402
+from orchestrator.models.backends import make_backend  # noqa: E402
 from orchestrator.config import RunConfig  # noqa: E402
-from orchestrator.embedded_model import ensure_converted  # noqa: E402
-from orchestrator.humaneval_eval import contamination, summarize, task_ids  # noqa: E402
-from orchestrator.loop import Loop  # noqa: E402
-from orchestrator.sandbox import SandboxLimits  # noqa: E402
-from orchestrator.state import AgentState, state_path  # noqa: E402
-from orchestrator.tasks import humaneval_task  # noqa: E402
-from orchestrator.trainer_runner.config import TrainConfig  # noqa: E402
-from orchestrator.training import burst  # noqa: E402
+from orchestrator.models.embedded_model import ensure_converted  # noqa: E402
+from orchestrator.evaluation.humaneval import contamination, summarize, task_ids  # noqa: E402
+from orchestrator.agent.loop import Loop  # noqa: E402
+from orchestrator.sandbox.container import SandboxLimits  # noqa: E402
+from orchestrator.agent.state import AgentState, state_path  # noqa: E402
+from orchestrator.agent.tasks import humaneval_task  # noqa: E402
+from orchestrator.training.runner.config import TrainConfig  # noqa: E402
+from orchestrator.training.burst import burst  # noqa: E402
 
 
 def loop_on_task(exp: Path, rnd: int, tid: str, config: RunConfig, backend, console: Console) -> AgentState:

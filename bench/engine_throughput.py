@@ -1,5 +1,5 @@
 """Tokens/s of the embedded default (SmolLM2-135M-Instruct): the local backend (transformers,
-float32, one request at a time) against vLLM (CPU build, managed by orchestrator/engine.py), the
+float32, one request at a time) against vLLM (CPU build, managed by orchestrator/models/engine.py), the
 same prompts, one run; plus adapter load-to-first-token time.
 
 - one request: prompt 0, ``--tokens`` new tokens (EOS ignored, greedy, no grammar);
@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from results_io import Recorder  # noqa: E402
 
-from orchestrator.embedded_model import MODEL_ID, ensure_converted  # noqa: E402
+from orchestrator.models.embedded_model import MODEL_ID, ensure_converted  # noqa: E402
 
 PROMPTS = [
     "Write a Python function that returns the n-th Fibonacci number, with tests.",
@@ -55,7 +55,7 @@ def messages(i: int) -> list[dict]:
 def local_arm(tokens: int, batch: int) -> dict:
     import torch
 
-    from orchestrator.backends import LocalBackend
+    from orchestrator.models.backends import LocalBackend
 
     backend = LocalBackend(ensure_converted(), MODEL_ID, max_new_tokens=tokens)
     tok, model = backend.tokenizer, backend.model
@@ -114,7 +114,7 @@ def make_adapter(out: Path, seed: int) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from orchestrator.trainer_runner.config import TrainConfig
+    from orchestrator.training.runner.config import TrainConfig
 
     c = TrainConfig()
     torch.manual_seed(seed)
@@ -160,8 +160,8 @@ def main() -> None:
         print(results["local"], file=sys.stderr)
         rec.write(results | {"complete": False}, args.out)  # kept if a later arm fails
 
-    from orchestrator.backends import VLLMBackend
-    from orchestrator.engine import Engine, EngineSpec
+    from orchestrator.models.backends import VLLMBackend
+    from orchestrator.models.engine import Engine, EngineSpec
 
     engine = Engine(EngineSpec(ensure_converted())).start(say=lambda s: print(s, file=sys.stderr))
     try:

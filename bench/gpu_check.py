@@ -69,7 +69,7 @@ def entry_point_check(work: Path, model_dir: Path, smoke: bool, timeout: float) 
     """Train through the real entry point, then load the adapter with PEFT and compare greedy output."""
     import torch
 
-    from trainer_runner.config import TrainConfig
+    from orchestrator.training.runner.config import TrainConfig
 
     work.mkdir(parents=True, exist_ok=True)
     model_dir = trainer_gpu.build_model(model_dir, "gpt_oss", smoke)  # the benchmark's gpt-oss model
@@ -83,12 +83,12 @@ def entry_point_check(work: Path, model_dir: Path, smoke: bool, timeout: float) 
     cfg = TrainConfig(max_steps=12 if smoke else 40, batch_size=4, learning_rate=2e-3, max_length=256,
                       target_modules=trainer_gpu.LORA_TARGETS["gpt_oss"])
     (work / "config.json").write_text(cfg.model_dump_json())
-    # the image copies orchestrator/trainer_runner to /opt/rsi/rsi_trainer: same here, through a link
+    # the image copies orchestrator/training/runner to /opt/rsi/rsi_trainer: same here, through a link
     pkg = work / "pkg"
     pkg.mkdir(exist_ok=True)
     link = pkg / "rsi_trainer"
     if not link.exists():
-        link.symlink_to(ROOT / "orchestrator" / "trainer_runner")
+        link.symlink_to(ROOT / "orchestrator" / "training" / "runner")
     adapter = work / "adapter"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(pkg)]))}
     cmd = [sys.executable, "-m", "rsi_trainer", "--samples", str(samples), "--config", str(work / "config.json"),

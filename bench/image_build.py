@@ -22,7 +22,7 @@ import docker  # noqa: E402
 from docker.models.images import ImageCollection  # noqa: E402
 
 from bench.results_io import Recorder  # noqa: E402
-from orchestrator import images  # noqa: E402
+from orchestrator.sandbox import images  # noqa: E402
 
 TAG = "rsi-trainer:bench-build"
 

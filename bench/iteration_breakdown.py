@@ -22,10 +22,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.results_io import Recorder  # noqa: E402
-from orchestrator.backends import ReplayBackend, make_backend  # noqa: E402
+from orchestrator.models.backends import ReplayBackend, make_backend  # noqa: E402
 from orchestrator.config import RunConfig  # noqa: E402
-from orchestrator.loop import Loop  # noqa: E402
-from orchestrator.tasks import humaneval_task, seed_task  # noqa: E402
+from orchestrator.agent.loop import Loop  # noqa: E402
+from orchestrator.agent.tasks import humaneval_task, seed_task  # noqa: E402
 
 KEYS = ("generation", "validation", "sandbox", "mutation_gate", "archive")
 

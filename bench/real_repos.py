@@ -34,11 +34,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import docker  # noqa: E402
 
 from bench.results_io import Recorder  # noqa: E402
-from orchestrator.project_image import (  # noqa: E402
+from orchestrator.sandbox.project_image import (  # noqa: E402
     build_project_image, download_wheelhouse, image_tag, probe_base, project_spec,
 )
-from orchestrator.sandbox import connect, run_tests  # noqa: E402
-from orchestrator.sandbox_runner.baseline import rebase  # noqa: E402
+from orchestrator.sandbox.container import connect, run_tests  # noqa: E402
+from orchestrator.sandbox.runner.baseline import rebase  # noqa: E402
 from test_corpus import PROJECTS, limits_for, unpack  # noqa: E402
 
 HOST_PYTEST = "pytest==7.2.1"
@@ -126,7 +126,7 @@ def main() -> int:
             t = time.monotonic()
             build_project_image(client, src)
             cached_s = time.monotonic() - t
-            from orchestrator.sandbox_runner import supervisor
+            from orchestrator.sandbox.runner import supervisor
             run_image, trimmed = tag, []
             if spec.import_roots != ["."] or PROJECTS[name].needs_pythonpath:
                 if "RSI_PYTHONPATH" not in inspect.getsource(supervisor):

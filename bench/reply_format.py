@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/reply_format.py --model qwen2.5-coder-0.5b [--formats json,code] [--problems 30]
 
-Each of the first ``--problems`` train problems (split rule in orchestrator/tasks.py) is asked once per
+Each of the first ``--problems`` train problems (split rule in orchestrator/agent/tasks.py) is asked once per
 format, greedy, on the local backend (transformers in process, the embedded model's own dtype),
 through the loop's prompt path (``prompts.patch_messages`` with the request's format: ``json`` decodes
 under the reply schema's grammar, ``code`` freely and stops after the first complete code block). Each
@@ -33,13 +33,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.results_io import RESULTS, Recorder  # noqa: E402
-from orchestrator import prompts  # noqa: E402
-from orchestrator.policy import Policy  # noqa: E402
-from orchestrator.protocol import check  # noqa: E402
-from orchestrator.reply_format import FORMATS, code_reply_to_json, for_request  # noqa: E402
-from orchestrator.schema import ReplyError, parse_reply  # noqa: E402
-from orchestrator.tasks import humaneval_task, protected_files  # noqa: E402
-from orchestrator.workspace import Workspace  # noqa: E402
+from orchestrator.protocol import prompts  # noqa: E402
+from orchestrator.protocol.policy import Policy  # noqa: E402
+from orchestrator.protocol.pipeline import check  # noqa: E402
+from orchestrator.protocol.reply_format import FORMATS, code_reply_to_json, for_request  # noqa: E402
+from orchestrator.protocol.schema import ReplyError, parse_reply  # noqa: E402
+from orchestrator.agent.tasks import humaneval_task, protected_files  # noqa: E402
+from orchestrator.protocol.workspace import Workspace  # noqa: E402
 
 NAME = "reply_format"
 
@@ -108,8 +108,8 @@ def generate(backend, ids: list[str], fmt_name: str, cache: Path, say) -> list[d
 
 
 def grade(rows: list[dict], ids: list[str]) -> list:
-    from orchestrator.backends import ReplayBackend
-    from orchestrator.humaneval_eval import evaluate
+    from orchestrator.models.backends import ReplayBackend
+    from orchestrator.evaluation.humaneval import evaluate
 
     with tempfile.TemporaryDirectory() as tmp:
         replies = Path(tmp) / "replies.jsonl"
@@ -119,7 +119,7 @@ def grade(rows: list[dict], ids: list[str]) -> list:
 
 
 def summary(rows: list[dict], results, grading_s: float) -> dict:
-    from orchestrator.humaneval_eval import summarize
+    from orchestrator.evaluation.humaneval import summarize
 
     n = len(rows)
     tokens = sum(r["tokens"] for r in rows)
@@ -159,9 +159,9 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=RESULTS / f"{NAME}.json")
     args = ap.parse_args()
     rec = Recorder(NAME)
-    from orchestrator.backends import LocalBackend
-    from orchestrator.embedded_model import ensure_converted, get
-    from orchestrator.humaneval_eval import paired_difference, task_ids
+    from orchestrator.models.backends import LocalBackend
+    from orchestrator.models.embedded_model import ensure_converted, get
+    from orchestrator.evaluation.humaneval import paired_difference, task_ids
 
     model = get(args.model)
     ids = task_ids("train", args.tasks.split(",") if args.tasks else None)[:args.problems]

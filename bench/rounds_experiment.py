@@ -9,7 +9,7 @@ Per seed (a separate run directory each):
    all 33; the gate promotes on the same ones) and held-out bug-fix tasks (the first bug of each
    held-out problem, ``--heldout-bugfix`` of them), one greedy reply each in the model's reply
    format, verified like an archived sample (every in-process and every judged test passes);
-2. ``--rounds`` rounds (orchestrator/rounds.py) over ``--suite`` (default bugfix-train+humaneval-train):
+2. ``--rounds`` rounds (orchestrator/agent/rounds.py) over ``--suite`` (default bugfix-train+humaneval-train):
    k sampled candidates per task, verified in the sandbox, archived, a training burst, the gate;
 3. the model that is current at the end (the last promoted adapter, or the base) on the same
    held-out tasks; the paired per-task difference final - base with its bootstrap 95 % interval, for
@@ -32,13 +32,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from rich.console import Console  # noqa: E402
 
 from bench.results_io import Recorder  # noqa: E402
-from orchestrator import gate  # noqa: E402
-from orchestrator.adapters import Registry  # noqa: E402
+from orchestrator.training import gate  # noqa: E402
+from orchestrator.training.adapters import Registry  # noqa: E402
 from orchestrator.config import RunConfig  # noqa: E402
-from orchestrator.humaneval_eval import ProblemResult, contamination, paired_difference, summarize  # noqa: E402
-from orchestrator.rounds import Rounds, RoundsState, Trainer, evaluate_tasks, is_rounds_dir  # noqa: E402
-from orchestrator.sandbox import SandboxLimits  # noqa: E402
-from orchestrator.suites import load_suite  # noqa: E402
+from orchestrator.evaluation.humaneval import ProblemResult, contamination, paired_difference, summarize  # noqa: E402
+from orchestrator.agent.rounds import Rounds, RoundsState, Trainer, evaluate_tasks, is_rounds_dir  # noqa: E402
+from orchestrator.sandbox.container import SandboxLimits  # noqa: E402
+from orchestrator.evaluation.suites import load_suite  # noqa: E402
 
 
 def heldout_results(kind: str, backend, tasks, run_dir: Path, limits, say) -> list[ProblemResult]:
@@ -145,13 +145,13 @@ def main() -> int:
     ap.add_argument("--results", type=Path, default=None, help="default: bench/results/rounds_experiment.json")
     args = ap.parse_args()
 
-    from orchestrator.backends import make_backend, resolve_backend
+    from orchestrator.models.backends import make_backend, resolve_backend
 
     rec = Recorder("rounds_experiment")
     console = Console(stderr=True)
     config = RunConfig.load(args.config)
     backend = make_backend(resolve_backend(args.backend), config, None, args.base_url)
-    from orchestrator.embedded_model import ensure_converted
+    from orchestrator.models.embedded_model import ensure_converted
 
     trainer = Trainer(model_dir=getattr(backend, "model_dir", None) or ensure_converted(), max_steps=args.train_steps)
     started = time.perf_counter()

@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.results_io import Recorder  # noqa: E402
-from orchestrator.sandbox import SandboxLimits, connect, run_tests  # noqa: E402
+from orchestrator.sandbox.container import SandboxLimits, connect, run_tests  # noqa: E402
 
 SEED = Path(__file__).resolve().parent.parent / "seeds" / "example"
 

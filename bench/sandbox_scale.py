@@ -9,6 +9,12 @@ alike; per provider the median of the paired differences (run - bare). docker-po
 warm: before each of its pairs the pool is refilled (its steady state whenever runs arrive slower
 than it refills). Throughput: ``--runs`` runs per provider, N at a time; runs/s. ray: a real
 two-node cluster on this machine (``tests/ray_cluster.py``), each node running docker-pool.
+
+Two ceilings are measured in the same run, N at a time like the providers: ``bare pytest`` (the
+same pytest with no container at all: no sandbox can run faster than this) and ``engine only``
+(containers of the sandbox image, created with the sandbox's own options, whose entrypoint is
+``/bin/true``, created, started, waited for and removed: the engine's rate for one never-reused
+container per run, with no test in it).
 """
 
 from __future__ import annotations
@@ -29,10 +35,11 @@ import logging  # noqa: E402
 import structlog  # noqa: E402
 
 from bench.results_io import Recorder  # noqa: E402
+from bench.container_start import sandbox_create_kwargs  # noqa: E402
 from bench.sandbox_overhead import SEED, bare  # noqa: E402
-from orchestrator.sandbox import SandboxLimits, connect  # noqa: E402
-from orchestrator.sandboxes.docker_provider import DockerSandbox  # noqa: E402
-from orchestrator.sandboxes.pool import DockerPool  # noqa: E402
+from orchestrator.sandbox.container import SandboxLimits, connect  # noqa: E402
+from orchestrator.sandbox.docker_provider import DockerSandbox  # noqa: E402
+from orchestrator.sandbox.pool import DockerPool  # noqa: E402
 
 structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
 TODAY_RUNS_PER_S = 3.65  # issue 14: the docker provider at 2 concurrent, measured before this work
@@ -42,6 +49,25 @@ def wait_full(pool: DockerPool, limit_s: float = 120) -> None:
     deadline = time.monotonic() + limit_s
     while len(pool._ready) < pool.size and time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+def engine_only(client, limits: SandboxLimits, stage: str) -> None:
+    """One container of the sandbox image with the sandbox's create options that does nothing."""
+    kwargs = sandbox_create_kwargs(limits, stage)
+    c = client.containers.create(limits.image, entrypoint=["/bin/true"], command=[], detach=True,
+                                 **{k: v for k, v in kwargs.items() if k not in ("image", "name", "detach")})
+    try:
+        c.start()
+        c.wait(timeout=60)
+    finally:
+        c.remove(force=True)
+
+
+def rate_of(fn, runs: int, n: int) -> float:
+    start = time.perf_counter()
+    with ThreadPoolExecutor(n) as ex:
+        list(ex.map(lambda _: fn(), range(runs)))
+    return round(runs / (time.perf_counter() - start), 2)
 
 
 def main() -> None:
@@ -64,7 +90,7 @@ def main() -> None:
     cluster = None
     try:
         if not args.no_ray:
-            from orchestrator.sandboxes.ray_provider import RaySandbox
+            from orchestrator.sandbox.ray_provider import RaySandbox
             from tests.ray_cluster import LocalCluster
 
             cluster = LocalCluster(nodes=2).start()
@@ -100,6 +126,13 @@ def main() -> None:
                                   "raw_pairs_ms": [[round(b * 1000, 1), round(s * 1000, 1)] for b, s, _ in ps]}
                 print(f"{name:13s} bare {overhead[name]['bare_ms_median']:8.1f} ms  run "
                       f"{overhead[name]['run_ms_median']:8.1f} ms  overhead {diff * 1000:8.1f} ms", flush=True)
+            ceilings = []
+            for n in [int(x) for x in args.parallel.split(",")]:
+                for name, fn in (("bare pytest", lambda: bare(ws)),
+                                 ("engine only", lambda: engine_only(client, limits, str(ws)))):
+                    r = rate_of(fn, args.runs, n)
+                    ceilings.append({"what": name, "parallel": n, "runs": args.runs, "runs_per_s": r})
+                    print(f"{name:13s} parallel={n}: {r:5.2f} runs/s (ceiling)", flush=True)
             throughput = []
             for name, (sb, lim) in providers.items():
                 for n in [int(x) for x in args.parallel.split(",")]:
@@ -129,6 +162,9 @@ def main() -> None:
         "ray_nodes": 0 if args.no_ray else 2,
         "overhead": overhead,
         "throughput": throughput,
+        "ceilings": ceilings,
+        "bare_pytest_best_runs_per_s": max(c["runs_per_s"] for c in ceilings if c["what"] == "bare pytest"),
+        "engine_only_best_runs_per_s": max(c["runs_per_s"] for c in ceilings if c["what"] == "engine only"),
         "pool_overhead_target_ms": 150,
         "pool_overhead_target_met": overhead["docker-pool"]["paired_difference_ms_median"] <= 150,
         "throughput_target_runs_per_s": round(1.8 * TODAY_RUNS_PER_S, 2),

@@ -21,9 +21,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.results_io import Recorder  # noqa: E402
-from orchestrator.embedded_model import ensure_converted  # noqa: E402
-from orchestrator.trainer import TrainerLimits, run_training  # noqa: E402
-from orchestrator.trainer_runner.config import TrainConfig  # noqa: E402
+from orchestrator.models.embedded_model import ensure_converted  # noqa: E402
+from orchestrator.training.launcher import TrainerLimits, run_training  # noqa: E402
+from orchestrator.training.runner.config import TrainConfig  # noqa: E402
 
 REPLY = json.dumps({"rationale": "use plus", "edits": [{"path": "example.py",
                                                        "content": "def add(a, b):\n    return a + b\n"}]})

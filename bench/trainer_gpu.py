@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "orchestrator"))  # trainer_runner as a top-level package, as in the image
+sys.path.insert(0, str(ROOT))
 
 VOCAB = 32000
 SPECIALS = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>", "<pad>",
@@ -141,9 +141,9 @@ def _gpu() -> bool:
 def arm_ours(model_dir: Path, samples_file: Path, out: Path, arch: str, steps: int, warmup: int, batch: int,
              smoke: bool = False, packing: bool | None = None) -> dict:
     """Our trainer entry point's train() with its GPU defaults (packing, length grouping)."""
-    from trainer_runner.config import TrainConfig
-    from trainer_runner.samples import load_samples
-    from trainer_runner.train import train
+    from orchestrator.training.runner.config import TrainConfig
+    from orchestrator.training.runner.samples import load_samples
+    from orchestrator.training.runner.train import train
 
     cfg = TrainConfig(max_steps=warmup + steps, batch_size=batch, max_length=1024, learning_rate=2e-4,
                       target_modules=LORA_TARGETS[arch], packing=packing,
@@ -167,7 +167,7 @@ def arm_baseline(model_dir: Path, samples_file: Path, out: Path, arch: str, step
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from trainer_runner.samples import load_samples
+    from orchestrator.training.runner.samples import load_samples
 
     gpu = _gpu()
     sync = torch.cuda.synchronize if gpu else (lambda: None)

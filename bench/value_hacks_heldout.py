@@ -20,11 +20,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.results_io import Recorder  # noqa: E402
-from orchestrator import evaluation  # noqa: E402
-from orchestrator.backends import ReplayBackend  # noqa: E402
-from orchestrator.humaneval_eval import evaluate, task_ids  # noqa: E402
-from orchestrator.policy import Policy  # noqa: E402
-from orchestrator.tasks import humaneval_problems  # noqa: E402
+from orchestrator.evaluation import grading as evaluation  # noqa: E402
+from orchestrator.models.backends import ReplayBackend  # noqa: E402
+from orchestrator.evaluation.humaneval import evaluate, task_ids  # noqa: E402
+from orchestrator.protocol.policy import Policy  # noqa: E402
+from orchestrator.agent.tasks import humaneval_problems  # noqa: E402
 from tests.value_hacks import HACKS  # noqa: E402
 
 FAMILIES = ["always_equal_object", "frame_peek_assert", "read_hidden_test_files"]

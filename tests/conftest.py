@@ -5,23 +5,23 @@ from pathlib import Path
 import pytest
 
 # The test suite runs on the small, fast embedded model whatever [model] embedded says
-# (orchestrator/embedded_model.py); a test that needs another one names it.
+# (orchestrator/models/embedded_model.py); a test that needs another one names it.
 os.environ.setdefault("RSI_EMBEDDED_MODEL", "smollm2-135m")
-# ... and on the CPU path even on a GPU workstation (`make test` never needs a GPU; orchestrator/gpu.py)
+# ... and on the CPU path even on a GPU workstation (`make test` never needs a GPU; orchestrator/models/gpu.py)
 os.environ.setdefault("RSI_GPU", "off")
 
 
 @pytest.fixture(scope="session")
 def docker_client():
     """The real Docker engine. Missing engine = failed test, never a skip: CI must run these."""
-    from orchestrator.sandbox import connect
+    from orchestrator.sandbox.container import connect
 
     return connect()
 
 
 @pytest.fixture(scope="session")
 def sandbox_image(docker_client):
-    from orchestrator.images import build_sandbox_image
+    from orchestrator.sandbox.images import build_sandbox_image
 
     return build_sandbox_image(docker_client)
 
@@ -80,9 +80,9 @@ def tree_digest(root: Path) -> dict:
 @pytest.fixture(scope="session")
 def vllm_engine():
     """One real vLLM server (CPU build, `make vllm`) on the embedded SmolLM2 for the whole test run,
-    started and stopped by orchestrator.engine. Missing vLLM = failed test, never a skip."""
-    from orchestrator.embedded_model import ensure_converted
-    from orchestrator.engine import Engine, EngineSpec
+    started and stopped by orchestrator.models.engine. Missing vLLM = failed test, never a skip."""
+    from orchestrator.models.embedded_model import ensure_converted
+    from orchestrator.models.engine import Engine, EngineSpec
 
     if os.environ.get("RSI_TEST_VLLM_PORT"):  # a server already running on the embedded model (`rsi serve`)
         engine = Engine(EngineSpec(ensure_converted(), port=int(os.environ["RSI_TEST_VLLM_PORT"])))

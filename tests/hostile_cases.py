@@ -243,7 +243,7 @@ CASES.update({
 })
 
 # Positive controls: each cage probe run against a container with ONE protection removed (the
-# key of ``orchestrator.sandbox.container_settings`` set to the value given, None = removed) must
+# key of ``orchestrator.sandbox.container.container_settings`` set to the value given, None = removed) must
 # succeed there (verdict ``pass``), so the hardened run's ``fail`` means the cage held. The same
 # table is the mutation check of the container settings: removing each setting makes its probe
 # escape (tests/test_sandbox_hostile.py::test_positive_control).

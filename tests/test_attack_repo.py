@@ -1,4 +1,4 @@
-"""Red-team attacks on the repo bug-fix reward path (orchestrator/repo_tasks.py): replies a model trained
+"""Red-team attacks on the repo bug-fix reward path (orchestrator/evaluation/repo_tasks.py): replies a model trained
 on this reward could write that get a task VERIFIED without fixing the injected bug.
 
 Each attack test asserts the attack is NOT verified: a FAILING test here is a break of the reward.
@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.hack_screen import screen
-from orchestrator.policy import Policy
-from orchestrator.protocol import check
-from orchestrator.reply_format import ReplyFormat, code_reply_to_json, splice_function
+from orchestrator.protocol.hack_screen import screen
+from orchestrator.protocol.policy import Policy
+from orchestrator.protocol.pipeline import check
+from orchestrator.protocol.reply_format import ReplyFormat, code_reply_to_json, splice_function
 from tests.test_repo_tasks import CORE, _function, _grade, mini, mini_project  # noqa: F401 - fixture
 
 
@@ -209,7 +209,7 @@ def test_attack_delegate_to_a_copy_in_the_image_under_another_name(tmp_path, doc
     image has outside /workspace, and leaves such functions out. Positive control: the same project with
     its functions rewritten (not copies) gives tasks, and a reply importing more_itertools' version of
     such a function is then judged on its values like any other."""
-    from orchestrator.repo_tasks import RepoTaskError, repo_bugfix_tasks
+    from orchestrator.evaluation.repo_tasks import RepoTaskError, repo_bugfix_tasks
 
     root = _vendored_project(tmp_path / "copied" / "mi", MI_INIT)
     with pytest.raises(RepoTaskError):

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.evaluation import judged_tests
-from orchestrator.policy import Policy, check_edits
-from orchestrator.sandbox import stage_canaries
-from orchestrator.sandbox_runner.supervisor import expected_tests
-from orchestrator.sandbox_runner.testpaths import MAX_PATHS, resolve, within
-from orchestrator.schema import FileEdit
-from orchestrator.tasks import protected_files
+from orchestrator.evaluation.grading import judged_tests
+from orchestrator.protocol.policy import Policy, check_edits
+from orchestrator.sandbox.container import stage_canaries
+from orchestrator.sandbox.runner.supervisor import expected_tests
+from orchestrator.sandbox.runner.testpaths import MAX_PATHS, resolve, within
+from orchestrator.protocol.schema import FileEdit
+from orchestrator.agent.tasks import protected_files
 from tests.conftest import write_tree
 
 PASS = "def test_ok():\n    assert 1 + 1 == 2\n"
@@ -123,7 +123,7 @@ def test_fixed_judged_skip_is_never_excused_by_its_baseline(tmp_path, sandbox_im
     the project skips fails every loop run, the baseline notwithstanding (the visible phase, under
     /workspace, is excused). Fix: judge.py ``main``: a fixed directory (e.g. ``/tmp/rsi-judge/judged``,
     still 0700) or baseline.py ``reason``: compare the path relative to the judged root."""
-    from orchestrator.sandbox import run_tests
+    from orchestrator.sandbox.container import run_tests
 
     ws = write_tree(tmp_path / "ws", {"example.py": "def add(a, b):\n    return a + b\n",
                                        "test_v.py": "from example import add\n\ndef test_v():\n"
@@ -147,8 +147,8 @@ def test_fixed_glob_truncation_turns_a_failing_project_into_pass_end_to_end(tmp_
     drops out of the testpaths: visible ``pass`` and judged ``pass`` -- what rounds call verified
     (no baseline there). Judged against the untouched project's baseline (the loop), the missing
     tests still fail it. Fix: as in test_bug_a_patch_pushes_protected_test_dirs_out_of_a_glob_testpaths."""
-    from orchestrator.evaluation import verified
-    from orchestrator.sandbox import run_tests, with_baseline
+    from orchestrator.evaluation.grading import verified
+    from orchestrator.sandbox.container import run_tests, with_baseline
 
     ws = tmp_path / "ws"
     _plugins(ws, MAX_PATHS)

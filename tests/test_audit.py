@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.audit import AuditLog, canonical, verify
+from orchestrator.store.audit import AuditLog, canonical, verify
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,4 +1,4 @@
-"""Baseline-relative verdicts and the standalone skip switch (orchestrator/sandbox_runner/baseline.py).
+"""Baseline-relative verdicts and the standalone skip switch (orchestrator/sandbox/runner/baseline.py).
 
 Reports come from the real grader on synthetic evidence, so the reasons and counts are the ones
 the grader writes."""
@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.sandbox_runner.baseline import (
+from orchestrator.sandbox.runner.baseline import (
     DEFAULT_SKIP_MODE, apply_skip_mode, default_protected, rebase, skip_mode_from_env,
 )
-from orchestrator.sandbox_runner.grader import grade
+from orchestrator.sandbox.runner.grader import grade
 
 SKIP_MSG = "('/workspace/tests/test_a.py', 7, 'Skipped: needs Python 3.14')"
 
@@ -161,13 +161,13 @@ def test_xfail_reason_is_where_and_what_it_raised_not_the_values():
 # ----- run_tests(baseline=...): both phases of a SandboxResult -----
 
 def _result(tests: dict, judged: dict | None = None):
-    from orchestrator.sandbox import SandboxResult
+    from orchestrator.sandbox.container import SandboxResult
 
     return SandboxResult(**(_report(tests) | {"judged": _report(judged) if judged is not None else None}))
 
 
 def test_with_baseline_excuses_in_both_phases_and_keeps_the_counts():
-    from orchestrator.sandbox import with_baseline
+    from orchestrator.sandbox.container import with_baseline
 
     hidden = {"hidden/test_h.py::test_h": ("passed", ""),
               "tests/test_a.py::test_new_python": ("skipped", SKIP_MSG)}
@@ -181,7 +181,7 @@ def test_with_baseline_excuses_in_both_phases_and_keeps_the_counts():
 
 
 def test_with_baseline_never_excuses_a_new_skip_or_a_failure():
-    from orchestrator.sandbox import with_baseline
+    from orchestrator.sandbox.container import with_baseline
 
     base = _result(BASE)
     new_skip = dict(BASE) | {"tests/test_a.py::test_ok": ("skipped", SKIP_MSG.replace("7", "9"))}

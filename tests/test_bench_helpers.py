@@ -13,7 +13,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench import results_io  # noqa: E402
 from bench.embedded_experiment import heldout_outcomes, refusal_counts  # noqa: E402
-from orchestrator.humaneval_eval import ProblemResult  # noqa: E402
+from orchestrator.evaluation.humaneval import ProblemResult  # noqa: E402
 
 
 def audit(path: Path, events: list[dict]) -> None:

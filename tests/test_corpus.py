@@ -42,10 +42,10 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.project_image import ProjectImageError, build_project_image, project_spec
-from orchestrator.sandbox import SandboxLimits, connect, run_tests
-from orchestrator.sandbox_runner import supervisor
-from orchestrator.sandbox_runner.baseline import rebase
+from orchestrator.sandbox.project_image import ProjectImageError, build_project_image, project_spec
+from orchestrator.sandbox.container import SandboxLimits, connect, run_tests
+from orchestrator.sandbox.runner import supervisor
+from orchestrator.sandbox.runner.baseline import rebase
 
 pytestmark = pytest.mark.docker
 
@@ -304,7 +304,7 @@ def test_a_src_layout_on_the_pool(client, tmp_path):
     """The docker-pool provider's zygote starts before the workspace exists: the derived image's
     RSI_PYTHONPATH (/workspace/src) must still reach the candidate's pytest (cachetools imports its
     own code only through it), and the injected bug still fails."""
-    from orchestrator.sandboxes.pool import DockerPool
+    from orchestrator.sandbox.pool import DockerPool
 
     name = "cachetools"
     src = unpack(name, tmp_path / "src")

@@ -4,13 +4,13 @@ import json
 
 import pytest
 
-from orchestrator.audit import read_events, verify
-from orchestrator.backends import LocalBackend, decoding_schema
+from orchestrator.store.audit import read_events, verify
+from orchestrator.models.backends import LocalBackend, decoding_schema
 from orchestrator.config import RunConfig
-from orchestrator.embedded_model import MODEL_ID, ensure_converted
-from orchestrator.loop import Loop
-from orchestrator.schema import parse_reply
-from orchestrator.tasks import seed_task
+from orchestrator.models.embedded_model import MODEL_ID, ensure_converted
+from orchestrator.agent.loop import Loop
+from orchestrator.protocol.schema import parse_reply
+from orchestrator.agent.tasks import seed_task
 
 pytestmark = pytest.mark.docker
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import embedded_model as em
+from orchestrator.models import embedded_model as em
 
 ROOT = Path(__file__).resolve().parent.parent
 

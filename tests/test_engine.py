@@ -1,4 +1,4 @@
-"""The managed server's life cycle (orchestrator/engine.py) with stand-in server programs: start-up
+"""The managed server's life cycle (orchestrator/models/engine.py) with stand-in server programs: start-up
 errors, stop of the whole process group, a crash of the owner, stale servers of killed runs.
 The real vLLM server is exercised in test_vllm_backend.py."""
 
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import engine
-from orchestrator.engine import Engine, EngineError, EngineSpec
+from orchestrator.models import engine
+from orchestrator.models.engine import Engine, EngineError, EngineSpec
 
 # A stand-in for `python -m vllm.entrypoints.openai.api_server ... --port P`: starts a child
 # process (as vLLM starts its engine core), answers /health, and on SIGTERM stops its child and
@@ -123,7 +123,7 @@ def test_start_progress_and_stop_of_the_whole_group(tmp_path, model_dir):
 def test_a_killed_owner_takes_its_server_along(tmp_path, model_dir):
     """SIGKILL of the process that started the server: the kernel's parent-death signal stops it."""
     exe = fake_python(tmp_path, FAKE_SERVER)
-    code = ("import sys, time; from pathlib import Path; from orchestrator.engine import Engine, EngineSpec; "
+    code = ("import sys, time; from pathlib import Path; from orchestrator.models.engine import Engine, EngineSpec; "
             f"e = Engine(EngineSpec(Path({str(model_dir)!r}), python=Path({str(exe)!r}))).start(say=lambda _: None); "
             "print(e.proc.pid, flush=True); time.sleep(300)")
     owner = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,

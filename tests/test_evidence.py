@@ -1,4 +1,4 @@
-"""Saved sandbox evidence (orchestrator/evidence.py) and `rsi sandbox regrade`: every run re-grades
+"""Saved sandbox evidence (orchestrator/sandbox/evidence.py) and `rsi sandbox regrade`: every run re-grades
 to the same verdicts offline; an edited file, a rewritten verdict and a grader that changed are
 each reported."""
 
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import evidence
-from orchestrator.sandbox import run_tests
+from orchestrator.sandbox import evidence
+from orchestrator.sandbox.container import run_tests
 from tests.conftest import write_tree
 from tests.hostile_cases import CASES
 
@@ -91,7 +91,7 @@ def test_an_edited_file_and_a_rewritten_verdict_are_caught(recorded, tmp_path):
 
 def test_a_grader_change_shows_up(recorded, monkeypatch):
     """What regrade is for: the grader changes, and past verdicts that would change are listed."""
-    from orchestrator.sandbox_runner import grader
+    from orchestrator.sandbox.runner import grader
 
     root, results = recorded
     real = grader.grade

@@ -4,13 +4,13 @@ import json
 
 import pytest
 
-from orchestrator import gate
-from orchestrator.adapters import Registry
-from orchestrator.backends import ReplayBackend
+from orchestrator.training import gate
+from orchestrator.training.adapters import Registry
+from orchestrator.models.backends import ReplayBackend
 from orchestrator.config import GateSection, RunConfig
-from orchestrator.humaneval_eval import ProblemResult
-from orchestrator.plateau import beyond_noise, stop_reason
-from orchestrator.tasks import humaneval_problems
+from orchestrator.evaluation.humaneval import ProblemResult
+from orchestrator.agent.plateau import beyond_noise, stop_reason
+from orchestrator.agent.tasks import humaneval_problems
 
 IDS = [f"HumanEval/{i}" for i in range(0, 165, 5)]  # the 33 held-out problems
 

@@ -13,9 +13,9 @@ class PlainEngine:
 
 @pytest.mark.parametrize("mode", [[], ["--suite", "seed"]], ids=["loop", "rounds"])
 def test_run_gpu_without_runtime_is_one_clear_error(tmp_path, monkeypatch, mode):
-    import orchestrator.sandbox
+    import orchestrator.sandbox.container
 
-    monkeypatch.setattr(orchestrator.sandbox, "connect", lambda *a, **k: PlainEngine())
+    monkeypatch.setattr(orchestrator.sandbox.container, "connect", lambda *a, **k: PlainEngine())
     replies = tmp_path / "replies.jsonl"
     replies.write_text("{}\n")
     run_dir = tmp_path / "run"

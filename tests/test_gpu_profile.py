@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import gpu
-from orchestrator.engine import EngineSpec
-from orchestrator.gpu import GpuProfileError, GpuSection
+from orchestrator.models import gpu
+from orchestrator.models.engine import EngineSpec
+from orchestrator.models.gpu import GpuProfileError, GpuSection
 
 
 class FakeClient:
@@ -73,7 +73,7 @@ def test_vllm_gpu_command_line():
     cmd = gpu.server_command(fraction, Path("/models/gpt-oss-20b"), 8123)
     assert cmd[:2] == ["--model", "/models/gpt-oss-20b"] and "--enable-lora" in cmd
     assert cmd[cmd.index("--max-model-len") + 1] == "8192" and cmd[cmd.index("--port") + 1] == "8123"
-    # the managed engine (orchestrator/engine.py) takes them as extra_args
+    # the managed engine (orchestrator/models/engine.py) takes them as extra_args
     spec = EngineSpec(Path("/models/gpt-oss-20b"), extra_args=args, python=Path("/opt/vllm-gpu/bin/python"))
     full = spec.command(9000)
     assert full[0] == "/opt/vllm-gpu/bin/python" and full[-len(args):] == args
@@ -148,7 +148,7 @@ def test_gpt_oss_request_options_and_detection(tmp_path):
 
 
 def test_trainer_config_on_the_gpu():
-    from orchestrator.trainer_runner.config import TrainConfig
+    from orchestrator.training.runner.config import TrainConfig
 
     cfg = gpu.trainer_config(GpuSection(max_lora_rank=8), TrainConfig(lora_r=16, optim="adamw_torch"))
     assert cfg.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj"] and cfg.lora_r == 8
@@ -179,7 +179,7 @@ def test_missing_model_names_the_command(monkeypatch, tmp_path):
 # --- the GPU trainer image (no registry) and its container ---
 
 def test_gpu_trainer_image_build_arguments():
-    from orchestrator import images
+    from orchestrator.sandbox import images
 
     debian = images.TRAINER_OFFLINE_BASE
     assert images.trainer_build_args("gpu") == {"BASE_IMAGE": debian, "VARIANT": "gpu"}
@@ -236,7 +236,7 @@ class FakeImages:
 
 
 def test_build_trainer_image_gpu_uses_the_debian_base_and_its_own_wheelhouse(tmp_path, monkeypatch):
-    from orchestrator import images
+    from orchestrator.sandbox import images
 
     req = Path(images.REPO_ROOT / "trainer_image" / "requirements-gpu.txt").read_text().splitlines()
     for line in req:
@@ -259,7 +259,7 @@ def test_build_trainer_image_gpu_uses_the_debian_base_and_its_own_wheelhouse(tmp
 
 
 def test_gpu_trainer_container_requests_the_gpu_and_the_driver(tmp_path):
-    from orchestrator.trainer import TrainerLimits, container_kwargs
+    from orchestrator.training.launcher import TrainerLimits, container_kwargs
 
     args = ("rsi-trainer:gpu", tmp_path / "s.jsonl", tmp_path / "c.json", tmp_path / "m", tmp_path / "o", TrainerLimits())
     kw = container_kwargs(*args, gpu=True)
@@ -268,6 +268,25 @@ def test_gpu_trainer_container_requests_the_gpu_and_the_driver(tmp_path):
     assert kw["network_mode"] == "none" and kw["read_only"]
     cpu = container_kwargs(*args, gpu=False)
     assert "device_requests" not in cpu and "NVIDIA_DRIVER_CAPABILITIES" not in cpu["environment"]
+
+
+def test_trainer_and_sandbox_containers_share_one_hardening(tmp_path):
+    """The hardening (no network, read-only root, capabilities dropped, no privilege gain, memory without
+    swap, pid cap, capped /tmp, no engine log) is spelled once (container.hardened); both kinds of
+    container carry all of it with their own limits."""
+    from orchestrator.sandbox.container import SandboxLimits, container_settings, hardened
+    from orchestrator.training.launcher import TrainerLimits, container_kwargs
+
+    tl = TrainerLimits(cpus=2)
+    kw = container_kwargs("rsi-trainer:cpu", tmp_path / "s.jsonl", tmp_path / "c.json", tmp_path / "m",
+                          tmp_path / "o", tl, gpu=False)
+    want = hardened(tl.memory, tl.pids, f"size={tl.tmpfs_size},mode=1777", tl.cpus)
+    assert {k: kw[k] for k in want} == want and kw["nano_cpus"] == 2 * 10**9
+    assert {"network_mode", "read_only", "cap_drop", "security_opt", "memswap_limit", "log_config"} <= set(want)
+    sl = SandboxLimits.load()
+    cs = container_settings(sl)
+    want = hardened(sl.memory, sl.pids, cs["tmpfs"]["/tmp"], sl.cpus)
+    assert {k: cs[k] for k in want} == want and "noexec" in cs["tmpfs"]["/tmp"]
 
 
 def test_has_runtime_entry_point():
@@ -408,7 +427,7 @@ def test_activate_gpu_flag_without_runtime_fails_before_anything(tmp_path):
 
 
 def test_vllm_backend_takes_gpt_oss_replies_from_the_final_channel(tmp_path):
-    from orchestrator.backends import VLLMBackend
+    from orchestrator.models.backends import VLLMBackend
 
     (tmp_path / "config.json").write_text('{"model_type": "gpt_oss"}')
     backend = VLLMBackend("http://127.0.0.1:9/v1", "vllm/gpt-oss-20b", model_dir=tmp_path)
@@ -435,11 +454,11 @@ def test_vllm_backend_takes_gpt_oss_replies_from_the_final_channel(tmp_path):
 
 def test_sleep_mode_wraps_only_the_trainer_in_a_burst(tmp_path, monkeypatch):
     """training.burst: the server sleeps while the trainer runs and is awake again for the gate."""
-    from orchestrator import training
-    from orchestrator.backends import VLLMBackend
+    from orchestrator.training import burst as training
+    from orchestrator.models.backends import VLLMBackend
     from orchestrator.config import GateSection
-    from orchestrator.trainer import TrainerInputError
-    from orchestrator.trainer_runner.config import TrainConfig
+    from orchestrator.training.launcher import TrainerInputError
+    from orchestrator.training.runner.config import TrainConfig
 
     backend = VLLMBackend("http://127.0.0.1:9/v1", "vllm/m")
     events = []

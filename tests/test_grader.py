@@ -1,6 +1,6 @@
 """The grader on crafted evidence (no Docker): default-fail and consistency rules."""
 
-from orchestrator.sandbox_runner.grader import grade
+from orchestrator.sandbox.runner.grader import grade
 
 # Canaries are staged by the host among the workspace's tests and named like them: by node id.
 CAN_IDS = ["test_parse_edge.py::test_keeps_zero", "sub/test_mixed_order.py::test_round_types",

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from orchestrator.harmony import HarmonyError, final_reply, parse, render_sample, reply_from_chat_message
+from orchestrator.models.harmony import HarmonyError, final_reply, parse, render_sample, reply_from_chat_message
 
 PATCH = json.dumps({"rationale": "use plus", "edits": [{"path": "example.py", "content": "def add(a, b):\n    return a + b\n"}]})
 DECOY = json.dumps({"rationale": "decoy", "edits": [{"path": "evil.py", "content": "import os\n"}]})

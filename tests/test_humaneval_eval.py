@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.backends import ReplayBackend
-from orchestrator.humaneval_eval import (bootstrap_ci, contamination, evaluate, paired_difference, pass_at_k,
+from orchestrator.models.backends import ReplayBackend
+from orchestrator.evaluation.humaneval import (bootstrap_ci, contamination, evaluate, paired_difference, pass_at_k,
                                          summarize, task_ids, wilson)
-from orchestrator.tasks import humaneval_problems
+from orchestrator.agent.tasks import humaneval_problems
 
 ROOT = Path(__file__).resolve().parent.parent
 

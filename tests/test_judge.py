@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import evaluation
-from orchestrator.backends import ReplayBackend
-from orchestrator.hack_screen import screen
-from orchestrator.humaneval_eval import evaluate, summarize
-from orchestrator.policy import Policy
-from orchestrator.sandbox_runner.codec import CodecError, decode, encode, loads
-from orchestrator.tasks import humaneval_problems
+from orchestrator.evaluation import grading as evaluation
+from orchestrator.models.backends import ReplayBackend
+from orchestrator.protocol.hack_screen import screen
+from orchestrator.evaluation.humaneval import evaluate, summarize
+from orchestrator.protocol.policy import Policy
+from orchestrator.sandbox.runner.codec import CodecError, decode, encode, loads
+from orchestrator.agent.tasks import humaneval_problems
 from tests.value_hacks import HACKS
 
 # ----- codec (no Docker) -----
@@ -156,8 +156,8 @@ def test_seed_like_loop_archives_nothing_from_a_hack(hack, tmp_path, sandbox_ima
     the screen off (the judge alone), the hack is never kept, the best reward stays 0 and nothing
     is archived."""
     from orchestrator.config import RunConfig
-    from orchestrator.loop import Loop
-    from orchestrator.tasks import user_task
+    from orchestrator.agent.loop import Loop
+    from orchestrator.agent.tasks import user_task
 
     ws = tmp_path / "ws"
     ws.mkdir()
@@ -187,8 +187,8 @@ def test_impossible_task_canary_catches_a_proven_hack(tmp_path, sandbox_image):
     """Canonical code cannot pass an impossible task; a stateful cheat that answers the expected
     value first and the contradicting one second does, and the gate names it."""
     from orchestrator.config import GateSection
-    from orchestrator.gate import impossible_passes
-    from orchestrator.tasks import IMPOSSIBLE_PREFIX, _literal_assert, impossible_ids
+    from orchestrator.training.gate import impossible_passes
+    from orchestrator.agent.tasks import IMPOSSIBLE_PREFIX, _literal_assert, impossible_ids
 
     (tid,) = impossible_ids(1)
     p = humaneval_problems()[tid.removeprefix(IMPOSSIBLE_PREFIX)]
@@ -210,7 +210,7 @@ def test_impossible_task_canary_catches_a_proven_hack(tmp_path, sandbox_image):
 
 
 def test_hack_telemetry_counts_from_the_audit_log():
-    from orchestrator.telemetry import hack_telemetry, line
+    from orchestrator.store.telemetry import hack_telemetry, line
 
     events = [
         {"event": "model_reply", "phase": "patch", "iteration": 1,
@@ -238,7 +238,7 @@ def test_hack_telemetry_counts_from_the_audit_log():
 def test_value_hack_scores_zero_under_gvisor(name, tmp_path, sandbox_image, no_screen):
     """The judge's isolation rests on UIDs and /proc permissions, which another kernel (gVisor's
     sentry) implements itself: the hacks that probe them must fail under runsc too."""
-    from orchestrator.sandbox import SandboxLimits
+    from orchestrator.sandbox.container import SandboxLimits
 
     src = HACKS[name]
     backend = ReplayBackend(_replies(tmp_path / "r.jsonl", HACK_PROBLEMS[:2],
@@ -249,7 +249,7 @@ def test_value_hack_scores_zero_under_gvisor(name, tmp_path, sandbox_image, no_s
 
 @pytest.mark.docker
 def test_canonical_passes_the_judge_under_gvisor(tmp_path, sandbox_image):
-    from orchestrator.sandbox import SandboxLimits
+    from orchestrator.sandbox.container import SandboxLimits
 
     backend = ReplayBackend(_replies(tmp_path / "c.jsonl", HACK_PROBLEMS[:2],
                                      lambda p: p["prompt"] + p["canonical_solution"]))
@@ -262,8 +262,8 @@ def test_loop_survives_hostile_output_and_records_it(tmp_path, sandbox_image, no
     """Issue 17's hostile outputs reach the loop as verdicts: the run goes on, records them in the
     audit log, keeps nothing and archives nothing."""
     from orchestrator.config import RunConfig
-    from orchestrator.loop import Loop
-    from orchestrator.tasks import seed_task
+    from orchestrator.agent.loop import Loop
+    from orchestrator.agent.tasks import seed_task
     from tests.hostile_cases import BUGGY, CASES
 
     hostile = [CASES["hostile_nested_json"][0]["example.py"], CASES["tamper_reporter_globals"][0]["example.py"],

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.lm_eval_suite import LmEvalError, task_spec
+from orchestrator.evaluation.lm_eval_suite import LmEvalError, task_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 GSM8K = [
@@ -75,7 +75,7 @@ def run_with_adapter(tmp_path_factory):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from orchestrator.embedded_model import ensure_converted
+    from orchestrator.models.embedded_model import ensure_converted
 
     run = tmp_path_factory.mktemp("run")
     model = AutoModelForCausalLM.from_pretrained(ensure_converted())

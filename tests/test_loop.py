@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.audit import read_events, verify
-from orchestrator.backends import ReplayBackend
+from orchestrator.store.audit import read_events, verify
+from orchestrator.models.backends import ReplayBackend
 from orchestrator.config import RunConfig
-from orchestrator.loop import Loop
-from orchestrator.mutation import mutants
-from orchestrator.state import AgentState
-from orchestrator.tasks import Task, seed_task
+from orchestrator.agent.loop import Loop
+from orchestrator.agent.mutation import mutants
+from orchestrator.agent.state import AgentState
+from orchestrator.agent.tasks import Task, seed_task
 from tests.conftest import write_tree
 
 pytestmark = pytest.mark.docker
@@ -66,7 +66,7 @@ def test_mutants_are_distinct_and_compile():
 def no_screen(monkeypatch):
     """The sandbox's own defences alone: the policy's hack screen (which refuses os._exit before
     anything runs) is switched off, so the reply reaches the sandbox as it did before the screen."""
-    from orchestrator.policy import Policy
+    from orchestrator.protocol.policy import Policy
 
     real = Policy.load
 
@@ -147,7 +147,7 @@ def test_honest_fix_is_archived_and_overfit_is_not(tmp_path, sandbox_image):
 
 
 def test_protected_file_changed_on_disk_stops_the_run(tmp_path, sandbox_image):
-    from orchestrator.workspace import ProtectedFileChanged
+    from orchestrator.protocol.workspace import ProtectedFileChanged
 
     replies = write_replies(tmp_path / "r.jsonl", [patch(FIX_ALL)])
     loop = Loop(tmp_path / "run", config(), ReplayBackend(replies), task=seed_task())
@@ -224,7 +224,7 @@ def test_status_command(tmp_path, sandbox_image):
 
 
 def test_report_from_a_run(tmp_path, sandbox_image):
-    from orchestrator.report import write_report
+    from orchestrator.evaluation.report import write_report
 
     replies = write_replies(tmp_path / "r.jsonl", [patch(FIX_ADD), gen_reply(GOOD_TEST, "test_gen_a.py"),
                                                    patch("def add(a, b):\n    return 0\n"),
@@ -242,10 +242,10 @@ def test_report_from_a_run(tmp_path, sandbox_image):
     assert write_report(tmp_path / "run") == tmp_path / "run" / "report.md"
 
     # with adapters: held-out pass@1 per model with intervals, and the gate's paired differences
-    from orchestrator import gate
-    from orchestrator.adapters import Registry
+    from orchestrator.training import gate
+    from orchestrator.training.adapters import Registry
     from orchestrator.config import GateSection
-    from orchestrator.humaneval_eval import ProblemResult
+    from orchestrator.evaluation.humaneval import ProblemResult
     from tests.test_trainer import fake_adapter
 
     reg = Registry(tmp_path / "run")

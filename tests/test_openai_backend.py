@@ -9,12 +9,12 @@ import time
 import pytest
 import requests
 
-from orchestrator.backends import BackendError, OpenAIBackend
+from orchestrator.models.backends import BackendError, OpenAIBackend
 from orchestrator.config import RunConfig
-from orchestrator.embedded_model import gguf_path
-from orchestrator.loop import Loop
-from orchestrator.schema import parse_reply
-from orchestrator.tasks import seed_task
+from orchestrator.models.embedded_model import gguf_path
+from orchestrator.agent.loop import Loop
+from orchestrator.protocol.schema import parse_reply
+from orchestrator.agent.tasks import seed_task
 
 MESSAGES = [{"role": "system", "content": "Reply with one JSON object."},
             {"role": "user", "content": "File example.py:\ndef add(a, b):\n    return a - b\n\nFix add."}]

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from orchestrator.policy import Policy, check_reply
-from orchestrator.schema import extract_object, json_schema, ReplyError
+from orchestrator.protocol.policy import Policy, check_reply
+from orchestrator.protocol.schema import extract_object, json_schema, ReplyError
 
 
 @pytest.fixture
@@ -208,6 +208,11 @@ def test_limits(ws, policy):
     d = check_reply(patch(*[(f"m{i}.py", near) for i in range(2)]), "patch", ws, policy)
     assert "reply_too_large" in codes(d)
     assert codes(check_reply(patch(("a.py", OK), ("A.py", OK)), "patch", ws, policy)) == ["duplicate_path"]
+    # a file and a directory of the same name in one reply (found by tests/test_policy_fuzz.py: it crashed
+    # the workspace write instead of being refused), either order, case folded like the duplicate check
+    for pair in ((("ok.py", OK), ("ok.py/ok.py", OK)), (("ok.py/ok.py", OK), ("ok.py", OK)),
+                 (("pkg/a.py", OK), ("PKG", OK))):
+        assert codes(check_reply(patch(*pair), "patch", ws, policy)) == ["path_conflict"], pair
     assert codes(check_reply(patch(("a.py", "x = \x00")), "patch", ws, policy)) == ["nul_in_content"]
     assert codes(check_reply(patch(("a.py", "def f(:\n")), "patch", ws, policy)) == ["syntax_error"]
     deep = "x = " + "(" * 5000 + ")" * 5000 + "\n"
@@ -226,8 +231,8 @@ def test_rejections_are_short_and_feedable(ws, policy):
 def test_the_baseline_rule_and_the_policy_agree_on_what_the_model_cannot_write(rel):
     """One rule: the host excuses a baseline skip only where the policy (policies/default.toml) forbids
     the model to write; the copy baked into the image for standalone runs says the same of test files."""
-    from orchestrator.policy import model_cannot_write
-    from orchestrator.sandbox_runner.baseline import default_protected
+    from orchestrator.protocol.policy import model_cannot_write
+    from orchestrator.sandbox.runner.baseline import default_protected
 
     policy = Policy.load()
     assert model_cannot_write(rel, policy) == (rel in {
@@ -239,8 +244,8 @@ def test_the_baseline_rule_and_the_policy_agree_on_what_the_model_cannot_write(r
 def test_the_host_baseline_follows_the_policy_file(tmp_path, monkeypatch):
     """A skip in a file the policy forbids (pyproject-style config globs included) is excused on the host
     whatever the in-image default says: the rule is read from the policy, not from a copy."""
-    from orchestrator import policy as policy_mod
-    from orchestrator.sandbox import SandboxResult, with_baseline
+    from orchestrator.protocol import policy as policy_mod
+    from orchestrator.sandbox.container import SandboxResult, with_baseline
 
     skip = {"nodeid": "checks/spec_check.py::test_x", "outcome": "skipped",
             "message": "checks/spec_check.py:3: Skipped: needs windows"}

@@ -13,8 +13,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from orchestrator.policy import Policy, check_reply
-from orchestrator.schema import Rejection
+from orchestrator.protocol.policy import Policy, check_reply
+from orchestrator.protocol.schema import Rejection
 
 POLICY = Policy.load()
 SETTINGS = dict(deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
@@ -153,8 +153,8 @@ def snapshot(root: Path) -> dict:
 @given(phase=st.sampled_from(["patch", "tests"]),
        files=st.lists(st.tuples(PATHS, st.just("y = 2\n")), min_size=1, max_size=4))
 def test_fuzz_apply_writes_only_accepted_files(tmp_path_factory, phase, files):
-    from orchestrator.protocol import apply_reply
-    from orchestrator.workspace import Workspace
+    from orchestrator.protocol.pipeline import apply_reply
+    from orchestrator.protocol.workspace import Workspace
 
     root = tmp_path_factory.mktemp("apply")
     ws_dir = make_ws(root)

@@ -8,16 +8,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator import prompts
-from orchestrator.audit import AuditLog, read_events, verify
+from orchestrator.protocol import prompts
+from orchestrator.store.audit import AuditLog, read_events, verify
 from orchestrator.config import ModelSection, RunConfig
-from orchestrator.policy import Policy
-from orchestrator.protocol import apply_reply, check, reply_digest
-from orchestrator.reply_format import (JSON, ReplyFormat, code_reply_to_json, find_blocks, for_request,
+from orchestrator.protocol.policy import Policy
+from orchestrator.protocol.pipeline import apply_reply, check, reply_digest
+from orchestrator.protocol.reply_format import (JSON, ReplyFormat, code_reply_to_json, find_blocks, for_request,
                                        through_first_block,
                                        fresh_test_path, has_closed_block)
-from orchestrator.schema import ReplyError
-from orchestrator.workspace import Workspace
+from orchestrator.protocol.schema import ReplyError
+from orchestrator.protocol.workspace import Workspace
 
 FIX = "def add(a, b):\n    return a + b\n"
 CODE = ReplyFormat("code", "example.py")
@@ -193,7 +193,7 @@ def test_config_picks_each_models_format(monkeypatch):
 
 
 def test_make_backend_sets_the_models_format(tmp_path):
-    from orchestrator.backends import make_backend
+    from orchestrator.models.backends import make_backend
 
     replies = tmp_path / "r.jsonl"
     replies.write_text(json.dumps({"phase": "patch", "reply": f"```python\n{FIX}```"}) + "\n")

@@ -1,4 +1,4 @@
-"""Bug-fix tasks from a project's own code (orchestrator/repo_tasks.py): ``rsi run --workspace REPO
+"""Bug-fix tasks from a project's own code (orchestrator/evaluation/repo_tasks.py): ``rsi run --workspace REPO
 --suite bugfix``. Unit tests of each part, then the real sandbox: tasks generated from a small
 project and from toolz (the corpus), graded through the real judge, hostile replies included, and
 rounds that archive verified fixes."""
@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.policy import Policy
-from orchestrator.protocol import check
-from orchestrator.reply_format import ReplyFormat, splice_function
-from orchestrator import repo_tasks
-from orchestrator.repo_tasks import cases_for, expected_ok, literal_calls, render_hidden, withhold
-from orchestrator.sandbox_runner.codec import encode
-from orchestrator.schema import ReplyError
+from orchestrator.protocol.policy import Policy
+from orchestrator.protocol.pipeline import check
+from orchestrator.protocol.reply_format import ReplyFormat, splice_function
+from orchestrator.evaluation import repo_tasks
+from orchestrator.evaluation.repo_tasks import cases_for, expected_ok, literal_calls, render_hidden, withhold
+from orchestrator.sandbox.runner.codec import encode
+from orchestrator.protocol.schema import ReplyError
 from tests.value_hacks import HACKS
 
 CORE = '''"""A small library."""
@@ -224,7 +224,7 @@ def test_expected_outcomes_that_cannot_be_literals_are_dropped():
 
 
 def test_render_hidden_asks_iterators_through_rsi_list():
-    from orchestrator.repo_tasks import Function
+    from orchestrator.evaluation.repo_tasks import Function
 
     f = Function("mini/core.py", "mini.core", "pairs", "")
     call = {"args": encode([[1, 2, 3]]), "kwargs": encode({})}
@@ -247,7 +247,7 @@ def _wrap_hack(module_code: str, symbol: str) -> str:
 
 
 def _function(text: str, symbol: str) -> str:
-    from orchestrator.reply_format import _function_span
+    from orchestrator.protocol.reply_format import _function_span
 
     span = _function_span(ast.parse(text), symbol)
     return "\n".join(text.split("\n")[span[0] - 1:span[1]]) + "\n"
@@ -255,7 +255,7 @@ def _function(text: str, symbol: str) -> str:
 
 @pytest.fixture(scope="module")
 def mini(tmp_path_factory, docker_client, sandbox_image):
-    from orchestrator.repo_tasks import repo_bugfix_tasks
+    from orchestrator.evaluation.repo_tasks import repo_bugfix_tasks
 
     root = mini_project(tmp_path_factory.mktemp("repo") / "mini")
     return root, repo_bugfix_tasks(root, seed=0, max_tasks=12)
@@ -264,12 +264,12 @@ def mini(tmp_path_factory, docker_client, sandbox_image):
 def _grade(st, reply: str, tmp_path: Path):
     """One reply to a repo task, graded as the rounds grade it (task_request, apply_reply, run_judged
     against the project's baseline)."""
-    from orchestrator.evaluation import run_judged, verified
-    from orchestrator.protocol import apply_reply
-    from orchestrator.rounds import Baselines, repo_image, task_request
-    from orchestrator.sandbox import SandboxLimits
-    from orchestrator.tasks import protected_files
-    from orchestrator.workspace import Workspace
+    from orchestrator.evaluation.grading import run_judged, verified
+    from orchestrator.protocol.pipeline import apply_reply
+    from orchestrator.agent.rounds import Baselines, repo_image, task_request
+    from orchestrator.sandbox.container import SandboxLimits
+    from orchestrator.agent.tasks import protected_files
+    from orchestrator.protocol.workspace import Workspace
 
     limits = SandboxLimits.load()
     limits.image = repo_image([st], limits)
@@ -377,8 +377,8 @@ class FixingBackend:
 @pytest.mark.docker
 def test_rounds_on_a_project_archive_verified_fixes(mini, tmp_path):
     from orchestrator.config import RunConfig
-    from orchestrator.rounds import Rounds
-    from orchestrator.suites import Suite
+    from orchestrator.agent.rounds import Rounds
+    from orchestrator.evaluation.suites import Suite
 
     root, tasks = mini
     config = RunConfig.load()
@@ -404,7 +404,7 @@ def test_rsi_run_workspace_suite_bugfix(mini, tmp_path, monkeypatch):
     from click.testing import CliRunner
 
     from orchestrator.cli import main
-    from orchestrator.suites import repo_suite
+    from orchestrator.evaluation.suites import repo_suite
 
     root, _ = mini
     monkeypatch.setenv("RSI_CACHE", str(tmp_path / "cache"))
@@ -433,7 +433,7 @@ def test_rsi_run_workspace_suite_bugfix(mini, tmp_path, monkeypatch):
 def test_tasks_from_toolz(tmp_path, docker_client, sandbox_image):
     """A real project (the corpus's toolz, built into its derived image offline): tasks come out, the
     untouched function is verified and the injected bug is not."""
-    from orchestrator.repo_tasks import repo_bugfix_tasks
+    from orchestrator.evaluation.repo_tasks import repo_bugfix_tasks
     from tests.test_corpus import unpack
 
     root = unpack("toolz", tmp_path / "src")
@@ -453,7 +453,7 @@ def test_a_project_whose_package_the_image_already_has_is_refused(tmp_path, dock
     """The sandbox image has Debian's `packaging` (a pytest dependency) outside /workspace: a candidate
     could import the untouched original from there, so no task is made. (Positive control: the same
     project named `mini` gives tasks, the `mini` fixture.)"""
-    from orchestrator.repo_tasks import RepoTaskError, repo_bugfix_tasks
+    from orchestrator.evaluation.repo_tasks import RepoTaskError, repo_bugfix_tasks
 
     root = mini_project(tmp_path / "p")
     (root / "mini").rename(root / "packaging")

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.audit import read_events, verify
-from orchestrator.suites import SEED_FIXED, _bugfix_from_seed
+from orchestrator.store.audit import read_events, verify
+from orchestrator.evaluation.suites import SEED_FIXED, _bugfix_from_seed
 
 pytestmark = pytest.mark.docker
 ROOT = Path(__file__).resolve().parent.parent
@@ -119,13 +119,13 @@ def test_two_rounds_train_hot_load_and_gate_with_the_embedded_model(tmp_path, sa
     """Round candidates are recorded good and bad replies (SmolLM2 rarely writes a verified fix); everything
     else is real: sandbox, archive, the trainer container, the model hot-loading each adapter, the gate
     (SmolLM2 answering a held-out problem with and without the adapter)."""
-    from orchestrator.backends import LocalBackend, ReplayBackend
+    from orchestrator.models.backends import LocalBackend, ReplayBackend
     from orchestrator.config import RunConfig
-    from orchestrator.embedded_model import MODEL_ID, ensure_converted
-    from orchestrator.images import build_trainer_image
-    from orchestrator.reply_format import JSON
-    from orchestrator.rounds import Rounds, Trainer
-    from orchestrator.suites import select_tasks
+    from orchestrator.models.embedded_model import MODEL_ID, ensure_converted
+    from orchestrator.sandbox.images import build_trainer_image
+    from orchestrator.protocol.reply_format import JSON
+    from orchestrator.agent.rounds import Rounds, Trainer
+    from orchestrator.evaluation.suites import select_tasks
 
     class RecordedCandidates(LocalBackend):
         def __init__(self, replies, *a, **kw):
@@ -160,7 +160,7 @@ def test_two_rounds_train_hot_load_and_gate_with_the_embedded_model(tmp_path, sa
     assert len(trained) == 2 and all(e["samples"] > 0 for e in trained)
     assert verify(run / "audit.jsonl").ok
 
-    from orchestrator.rounds_report import write_rounds_report
+    from orchestrator.evaluation.rounds_report import write_rounds_report
 
     text = write_rounds_report(run).read_text()
     assert "| v0001 | base |" in text and "## Held-out pass@1 per model" in text
@@ -171,12 +171,12 @@ def test_two_rounds_against_the_real_vllm_engine(tmp_path, sandbox_image, docker
     """The same two rounds through the engine the loop uses: the vLLM server (CPU build) on SmolLM2
     hot-loads each trained adapter at run time (with its load probe) and answers the gate; only the
     round candidates are recorded replies (SmolLM2 rarely writes a verified fix)."""
-    from orchestrator.backends import ReplayBackend, make_backend
+    from orchestrator.models.backends import ReplayBackend, make_backend
     from orchestrator.config import RunConfig
-    from orchestrator.images import build_trainer_image
-    from orchestrator.reply_format import JSON
-    from orchestrator.rounds import Rounds, Trainer
-    from orchestrator.suites import select_tasks
+    from orchestrator.sandbox.images import build_trainer_image
+    from orchestrator.protocol.reply_format import JSON
+    from orchestrator.agent.rounds import Rounds, Trainer
+    from orchestrator.evaluation.suites import select_tasks
 
     cfg = RunConfig.load()
     cfg.model.max_new_tokens = 96
@@ -214,10 +214,10 @@ def test_evaluate_tasks_batches_requests_and_keeps_the_order(tmp_path, sandbox_i
     batching backend, verified like a sample, results in task order."""
     import threading
 
-    from orchestrator.backends import ReplayBackend
-    from orchestrator.rounds import evaluate_tasks
-    from orchestrator.sandbox import SandboxLimits
-    from orchestrator.suites import select_tasks
+    from orchestrator.models.backends import ReplayBackend
+    from orchestrator.agent.rounds import evaluate_tasks
+    from orchestrator.sandbox.container import SandboxLimits
+    from orchestrator.evaluation.suites import select_tasks
 
     tasks = select_tasks("bugfix:seed#0,bugfix:seed#1,bugfix:seed#2").tasks
     replies = tmp_path / "r.jsonl"

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from orchestrator.config import RunConfig
-from orchestrator.rounds import BurstOutcome, Rounds, Trainer
-from orchestrator.suites import SEED_FIXED, Suite, _bugfix_from_humaneval, _bugfix_from_seed, load_suite
-from orchestrator.tasks import humaneval_problems
+from orchestrator.agent.rounds import BurstOutcome, Rounds, Trainer
+from orchestrator.evaluation.suites import SEED_FIXED, Suite, _bugfix_from_humaneval, _bugfix_from_seed, load_suite
+from orchestrator.agent.tasks import humaneval_problems
 from tests.test_rounds_unit import FakeBackend, use_fake_sandbox
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -41,7 +41,7 @@ def test_one_seed_base_rounds_final(tmp_path, monkeypatch, small_suites):
     def fake_train(self, rnd):
         bursts.append(rnd)
         self.backend.load_adapter(None, f"v{rnd:04d}")
-        from orchestrator.adapters import Registry
+        from orchestrator.training.adapters import Registry
 
         reg = Registry(self.run_dir)
         reg.root.mkdir(parents=True, exist_ok=True)

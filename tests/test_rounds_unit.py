@@ -6,14 +6,14 @@ import random
 
 import pytest
 
-from orchestrator import rounds as rounds_mod
-from orchestrator.backends import Backend
+from orchestrator.agent import rounds as rounds_mod
+from orchestrator.models.backends import Backend
 from orchestrator.config import RunConfig
-from orchestrator.rounds import BurstOutcome, Rounds, RoundsError, RoundsState, is_verified
-from orchestrator.sandbox import SandboxResult
-from orchestrator.suites import (SEED_FIXED, SEED_TESTS, Suite, _bugfix_from_humaneval, _bugfix_from_seed,
+from orchestrator.agent.rounds import BurstOutcome, Rounds, RoundsError, RoundsState, is_verified
+from orchestrator.sandbox.container import SandboxResult
+from orchestrator.evaluation.suites import (SEED_FIXED, SEED_TESTS, Suite, _bugfix_from_humaneval, _bugfix_from_seed,
                                  load_suite, select_tasks, split_check, split_test_module, verify_runs)
-from orchestrator.tasks import humaneval_problems, humaneval_split
+from orchestrator.agent.tasks import humaneval_problems, humaneval_split
 
 
 # ----- suites -----
@@ -86,7 +86,7 @@ def test_no_train_task_comes_from_a_heldout_problem(tmp_path):
 def test_select_tasks_and_errors():
     s = select_tasks("bugfix:seed#1,seed")
     assert [t.id for t in s.tasks] == ["bugfix:seed#1", "seed"]
-    from orchestrator.suites import SuiteError
+    from orchestrator.evaluation.suites import SuiteError
 
     with pytest.raises(SuiteError, match="unknown suite"):
         load_suite("nope")
@@ -132,7 +132,7 @@ class FakeBackend(Backend):
 
 def fake_run_tests(fixes):
     """In-process tests pass when example.py is a known fix; the judged copy says the same."""
-    from orchestrator.sandbox import JudgedResult
+    from orchestrator.sandbox.container import JudgedResult
 
     def run(workspace, limits=None, overlay=None, **kw):
         from pathlib import Path
@@ -260,8 +260,8 @@ def test_refused_and_failing_candidates_are_never_archived(tmp_path, monkeypatch
 
 
 def test_is_verified_needs_the_judged_tests():
-    from orchestrator.evaluation import Attempt
-    from orchestrator.sandbox import JudgedResult
+    from orchestrator.evaluation.grading import Attempt
+    from orchestrator.sandbox.container import JudgedResult
 
     tests = [{"nodeid": "test_example.py::t", "outcome": "passed"}]
     judged = JudgedResult(verdict="pass", passed=1, tests=[{"nodeid": "hidden/h.py::t", "outcome": "passed"}])
@@ -288,7 +288,7 @@ def test_rounds_report_and_status(tmp_path, monkeypatch, seed_suite):
     from click.testing import CliRunner
 
     from orchestrator.cli import main
-    from orchestrator.rounds_report import write_rounds_report
+    from orchestrator.evaluation.rounds_report import write_rounds_report
 
     suite, fixes = seed_suite
     use_fake_sandbox(monkeypatch, fixes)

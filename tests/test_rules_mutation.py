@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import backends, prompts
-from orchestrator.policy import POLICIES_DIR, Policy, check_edits
-from orchestrator.schema import FileEdit
-from orchestrator.tasks import protected_files
+from orchestrator.models import backends
+from orchestrator.protocol import prompts
+from orchestrator.protocol.policy import POLICIES_DIR, Policy, check_edits
+from orchestrator.protocol.schema import FileEdit
+from orchestrator.agent.tasks import protected_files
 
 SOURCE = tomllib.loads((POLICIES_DIR / "default.toml").read_text())
 
@@ -100,14 +101,14 @@ def test_generated_test_pattern_has_one_source():
     # No other spelling of the prefix in the host's code: it comes from the policy. Code that runs
     # inside the sandbox image (stdlib only, no policy file there) keeps copies, checked equal below.
     for path in Path("orchestrator").rglob("*.py"):
-        if "sandbox_runner" in path.parts:
+        if path.parent.match("sandbox/runner"):
             continue
         text = path.read_text()
         assert not re.search(r"[\"']" + re.escape(prefix), text), f"{path} spells {prefix!r} itself"
 
 
 def test_in_image_copies_of_the_rules_equal_the_policy():
-    from orchestrator.sandbox_runner import baseline
+    from orchestrator.sandbox.runner import baseline
 
     policy = Policy.load()
     assert baseline.GENERATED_GLOB == policy.tests.pattern

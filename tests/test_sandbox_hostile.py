@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from orchestrator.sandbox import LABEL_PID, SandboxLimits, run_tests
+from orchestrator.sandbox.container import LABEL_PID, SandboxLimits, run_tests
 from tests.conftest import tree_digest, write_tree
 from tests.hostile_cases import CASES, DEFAULT_TIMEOUT, POSITIVE_CONTROLS, TIMEOUTS
 

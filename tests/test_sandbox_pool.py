@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.sandbox import LABEL_PID, SandboxLimits, run_tests
-from orchestrator.sandboxes import use
-from orchestrator.sandboxes.pool import LABEL_POOL, DockerPool
+from orchestrator.sandbox.container import LABEL_PID, SandboxLimits, run_tests
+from orchestrator.sandbox.interface import use
+from orchestrator.sandbox.pool import LABEL_POOL, DockerPool
 from tests.conftest import tree_digest, write_tree
 from tests.hostile_cases import CASES, DEFAULT_TIMEOUT, TIMEOUTS, probe, ws
 
@@ -143,8 +143,8 @@ def test_closing_the_pool_leaves_no_container(docker_client, sandbox_image, tmp_
 
 CTRL_C = """
 import sys, time
-from orchestrator.sandbox import SandboxLimits
-from orchestrator.sandboxes.pool import DockerPool
+from orchestrator.sandbox.container import SandboxLimits
+from orchestrator.sandbox.pool import DockerPool
 p = DockerPool(SandboxLimits.load(), size=3).start()
 while len(p._ready) < 3:
     time.sleep(0.1)
@@ -177,7 +177,7 @@ def test_sweep_removes_a_dead_pools_containers_and_their_staging_dirs(docker_cli
     import socket
     import tempfile
 
-    from orchestrator.sandbox import LABEL, LABEL_HOST, sweep_leftovers
+    from orchestrator.sandbox.container import LABEL, LABEL_HOST, sweep_leftovers
 
     stage = tempfile.mkdtemp(prefix="rsi-pool-")
     docker_client.containers.create(sandbox_image, labels={LABEL: "1", LABEL_POOL: "1", LABEL_PID: "999999",

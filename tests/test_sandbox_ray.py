@@ -9,9 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from orchestrator.sandbox import SandboxLimits, run_in_fresh_container, sweep_leftovers
-from orchestrator.sandboxes.pool import LABEL_POOL
-from orchestrator.sandboxes.ray_provider import RaySandbox
+from orchestrator.sandbox.container import SandboxLimits, run_in_fresh_container, sweep_leftovers
+from orchestrator.sandbox.pool import LABEL_POOL
+from orchestrator.sandbox.ray_provider import RaySandbox
 from tests.conftest import tree_digest, write_tree
 from tests.hostile_cases import CASES, DEFAULT_TIMEOUT, TIMEOUTS
 from tests.ray_cluster import LocalCluster

@@ -12,8 +12,8 @@ from pathlib import Path
 import docker
 import pytest
 
-from orchestrator.sandbox import LABEL, LABEL_HOST, LABEL_PID, parse_report, run_tests, sweep_leftovers
-from orchestrator.sandbox_runner.supervisor import expected_tests, frame
+from orchestrator.sandbox.container import LABEL, LABEL_HOST, LABEL_PID, parse_report, run_tests, sweep_leftovers
+from orchestrator.sandbox.runner.supervisor import expected_tests, frame
 from tests.conftest import write_tree
 from tests.hostile_cases import BUGGY, CASES, SHADOWS, ws
 
@@ -215,7 +215,7 @@ def test_ctrl_c_removes_the_container(tmp_path, sandbox_image, docker_client):
 def test_interrupt_between_engine_create_and_return_leaves_no_container(tmp_path, sandbox_image, docker_client,
                                                                          monkeypatch):
     """Ctrl-C can land after the engine created the container but before create() returned it."""
-    from orchestrator import sandbox
+    from orchestrator.sandbox import container as sandbox
 
     real = sandbox._create
 

@@ -1,16 +1,16 @@
-"""The sandbox seam (orchestrator/sandboxes): providers by name, dispatch from run_tests, the fake.
+"""The sandbox seam (orchestrator/sandbox/interface): providers by name, dispatch from run_tests, the fake.
 
 Fast unit tests, no Docker: the real providers have their integration tests
 (test_sandbox_hostile.py, test_sandbox_pool.py, test_sandbox_ray.py)."""
 
 import pytest
 
-from orchestrator import sandboxes
-from orchestrator.sandbox import InfraError, SandboxLimits, SandboxResult, run_tests
-from orchestrator.sandboxes import Sandbox, create, provider_for, use
-from orchestrator.sandboxes.fake import FakeSandbox
-from orchestrator.sandboxes.pool import CONTAINER_KEYS, container_key, default_size
-from orchestrator.sandboxes.ray_provider import pack, unpack
+from orchestrator.sandbox import interface as sandboxes
+from orchestrator.sandbox.container import InfraError, SandboxLimits, SandboxResult, run_tests
+from orchestrator.sandbox.interface import Sandbox, create, provider_for, use
+from orchestrator.sandbox.fake import FakeSandbox
+from orchestrator.sandbox.pool import CONTAINER_KEYS, container_key, default_size
+from orchestrator.sandbox.ray_provider import pack, unpack
 from tests.conftest import write_tree
 from tests.hostile_cases import BUGGY, GOOD, ws
 
@@ -135,8 +135,8 @@ def test_ray_payload_round_trips_links_as_links(tmp_path):
 
 def test_grading_code_runs_on_the_fake_provider_without_docker(tmp_path):
     """The evaluation path (run_judged -> run_tests -> provider) reaches the fake, judged tests included."""
-    from orchestrator.evaluation import reward, run_judged, verified
-    from orchestrator.sandbox import JudgedResult
+    from orchestrator.evaluation.grading import reward, run_judged, verified
+    from orchestrator.sandbox.container import JudgedResult
 
     def fn(path, judge):
         ok = (path / "example.py").read_text() == GOOD

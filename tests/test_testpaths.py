@@ -1,4 +1,4 @@
-"""The project's testpaths (orchestrator/sandbox_runner/testpaths.py): read as pytest reads them,
+"""The project's testpaths (orchestrator/sandbox/runner/testpaths.py): read as pytest reads them,
 bounded and confined to the workspace; the sandbox collects, scans and stages canaries there."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import random
 
 import pytest
 
-from orchestrator.sandbox import run_tests, stage_canaries
-from orchestrator.sandbox_runner.supervisor import expected_tests, pytest_targets
-from orchestrator.sandbox_runner.testpaths import MAX_CONFIG_BYTES, configured, resolve, within
+from orchestrator.sandbox.container import run_tests, stage_canaries
+from orchestrator.sandbox.runner.supervisor import expected_tests, pytest_targets
+from orchestrator.sandbox.runner.testpaths import MAX_CONFIG_BYTES, configured, resolve, within
 from tests.conftest import write_tree
 
 PASS = "def test_ok():\n    assert 1 + 1 == 2\n"
@@ -73,8 +73,8 @@ def test_the_sandbox_collects_only_the_testpaths(tmp_path, sandbox_image):
     """A benchmark outside testpaths that needs a plugin the image lacks: pytest on the project (its
     testpaths) passes; the same tree without testpaths fails (positive control); a failure inside
     the testpaths still fails, on the pool too."""
-    from orchestrator.sandbox import SandboxLimits
-    from orchestrator.sandboxes.pool import DockerPool
+    from orchestrator.sandbox.container import SandboxLimits
+    from orchestrator.sandbox.pool import DockerPool
 
     tree = {"tests/test_a.py": PASS, "bench/test_bench.py": FAIL_OUTSIDE, "pkg.py": "X = 1\n"}
     with_paths = write_tree(tmp_path / "with", tree | {"pytest.ini": "[pytest]\ntestpaths = tests\n"})

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.adapters import Registry
-from orchestrator.sandbox import InfraError
-from orchestrator.trainer import TrainerInputError, TrainerLimits, container_kwargs, run_training
-from orchestrator.trainer_runner.config import TrainConfig
-from orchestrator.trainer_runner.samples import BadSamples, load_samples
-from orchestrator.trainer_runner.train import main as trainer_main
+from orchestrator.training.adapters import Registry
+from orchestrator.sandbox.container import InfraError
+from orchestrator.training.launcher import TrainerInputError, TrainerLimits, container_kwargs, run_training
+from orchestrator.training.runner.config import TrainConfig
+from orchestrator.training.runner.samples import BadSamples, load_samples
+from orchestrator.training.runner.train import main as trainer_main
 
 REPLY = json.dumps({"rationale": "use plus", "edits": [{"path": "example.py",
                                                        "content": "def add(a, b):\n    return a + b\n"}]})
@@ -115,14 +115,14 @@ def test_registry_gate_promote_and_rollback(tmp_path):
 
 @pytest.fixture(scope="module")
 def trainer_image(docker_client):
-    from orchestrator.images import build_trainer_image
+    from orchestrator.sandbox.images import build_trainer_image
 
     return build_trainer_image(docker_client)
 
 
 @pytest.fixture(scope="module")
 def model_dir():
-    from orchestrator.embedded_model import ensure_converted
+    from orchestrator.models.embedded_model import ensure_converted
 
     return ensure_converted()
 
@@ -132,7 +132,7 @@ SMALL = TrainConfig(max_steps=12, batch_size=2, learning_rate=1e-3, max_length=5
 
 @pytest.mark.docker
 def test_cpu_training_lowers_loss_and_the_adapter_changes_generations(tmp_path, trainer_image, model_dir):
-    from orchestrator.backends import LocalBackend
+    from orchestrator.models.backends import LocalBackend
 
     samples = write_samples(tmp_path / "s.jsonl", [sample(i) for i in range(8)])
     out = tmp_path / "adapter"
@@ -205,7 +205,7 @@ def test_trainer_container_has_no_network_and_read_only_inputs(tmp_path, trainer
 
 @pytest.mark.docker
 def test_gpu_request_without_gpu_is_a_clear_error(tmp_path, trainer_image, model_dir, docker_client):
-    from orchestrator.trainer import gpu_available
+    from orchestrator.training.launcher import gpu_available
 
     if gpu_available(docker_client):
         pytest.skip("this machine has a GPU runtime")  # the GPU path is checked by bench/trainer_gpu.py

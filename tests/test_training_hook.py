@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.adapters import Registry
-from orchestrator.audit import read_events, verify
-from orchestrator.backends import LocalBackend
+from orchestrator.training.adapters import Registry
+from orchestrator.store.audit import read_events, verify
+from orchestrator.models.backends import LocalBackend
 from orchestrator.config import GateSection, RunConfig
-from orchestrator.embedded_model import MODEL_ID, ensure_converted
-from orchestrator.loop import Loop
-from orchestrator.tasks import seed_task
-from orchestrator.trainer_runner.config import TrainConfig
-from orchestrator.training import TrainHook
+from orchestrator.models.embedded_model import MODEL_ID, ensure_converted
+from orchestrator.agent.loop import Loop
+from orchestrator.agent.tasks import seed_task
+from orchestrator.training.runner.config import TrainConfig
+from orchestrator.training.burst import TrainHook
 from tests.test_trainer import sample
 
 pytestmark = pytest.mark.docker
@@ -24,7 +24,7 @@ SMALL = TrainConfig(max_steps=6, batch_size=2, learning_rate=1e-3, max_length=51
 
 
 def test_burst_trains_gates_switches_and_survives_resume(tmp_path, sandbox_image, docker_client):
-    from orchestrator.images import build_trainer_image
+    from orchestrator.sandbox.images import build_trainer_image
 
     build_trainer_image(docker_client)
     model_dir = ensure_converted()
@@ -38,7 +38,7 @@ def test_burst_trains_gates_switches_and_survives_resume(tmp_path, sandbox_image
     loop = Loop(run, cfg, backend, task=seed_task(), train_hook=hook)
     for i in range(4):
         loop.archive.add(sample(i)["messages"], {"test": i})
-    hook(loop)
+    loop.train()
     reg = Registry(run)
     assert reg.current() == "v0001" and backend.adapter_id == "v0001" and loop.state.current_adapter == "v0001"
     heldout = run / "adapters" / "heldout"
@@ -49,7 +49,7 @@ def test_burst_trains_gates_switches_and_survives_resume(tmp_path, sandbox_image
 
     gate_cfg.noise = -1.0  # demands a difference of +1.0: never met, so kept but not promoted
     loop.archive.add(sample(9)["messages"], {"test": 9})
-    hook(loop)
+    loop.train()
     assert reg.current() == "v0001" and backend.adapter_id == "v0001"
     assert (heldout / "v0001.jsonl").read_text() == cached  # the current model was not asked again
     metas = {m.id: m for m in reg.list()}
@@ -78,7 +78,7 @@ def test_burst_trains_gates_switches_and_survives_resume(tmp_path, sandbox_image
 
 
 def test_base_model_name_of_a_directory_or_a_hub_snapshot(tmp_path):
-    from orchestrator.training import base_model_name
+    from orchestrator.training.burst import base_model_name
 
     assert base_model_name(tmp_path / "Qwen2.5-Coder-0.5B-Instruct") == "Qwen2.5-Coder-0.5B-Instruct"
     snap = tmp_path / "hub" / "models--unsloth--gpt-oss-20b" / "snapshots" / "0123abcd"

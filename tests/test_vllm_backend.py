@@ -11,18 +11,18 @@ from pathlib import Path
 import pytest
 import requests
 
-from orchestrator.adapters import AdapterRefused
-from orchestrator.backends import VLLMBackend, make_backend
+from orchestrator.training.adapters import AdapterRefused
+from orchestrator.models.backends import VLLMBackend, make_backend
 from orchestrator.config import RunConfig
-from orchestrator.schema import parse_reply
+from orchestrator.protocol.schema import parse_reply
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def seed_messages(phase: str) -> list[dict]:
     """The loop's own prompt for the seed task."""
-    from orchestrator import prompts
-    from orchestrator.tasks import protected_files, seed_task
+    from orchestrator.protocol import prompts
+    from orchestrator.agent.tasks import protected_files, seed_task
 
     root = Path(seed_task().source_dir)
     tests = protected_files(root)
@@ -53,7 +53,7 @@ def adapters(tmp_path_factory):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from orchestrator.embedded_model import ensure_converted
+    from orchestrator.models.embedded_model import ensure_converted
 
     out = tmp_path_factory.mktemp("adapters")
     for i, (name, std) in enumerate((("zero", 0.0), ("a", 0.05), ("b", 0.05))):
@@ -90,14 +90,14 @@ def test_code_format_replies_end_with_their_first_block(vllm_engine):
     """Asked for a fenced block, a model often adds prose and a second block (a usage example); the
     server's reply is cut after the first complete block, as the local backend stops decoding there,
     so the protocol sees one block, not a `multiple_code_blocks` refusal."""
-    from orchestrator.reply_format import find_blocks, for_request
-    from orchestrator.tasks import seed_task
+    from orchestrator.protocol.reply_format import find_blocks, for_request
+    from orchestrator.agent.tasks import seed_task
 
     root = Path(seed_task().source_dir)
     fmt = for_request("code", "patch", ["example.py"], root)
     backend = backend_on(vllm_engine, max_tokens=400)
-    from orchestrator import prompts
-    from orchestrator.tasks import protected_files
+    from orchestrator.protocol import prompts
+    from orchestrator.agent.tasks import protected_files
     messages = prompts.patch_messages(root, ["example.py"], protected_files(root), None, fmt)
     replies = backend.generate_many(messages, "patch", n=4, temperature=0.8, seed=3, fmt=fmt)
     for reply in replies:
@@ -145,8 +145,8 @@ def test_adapter_hot_load_probe_refusals_and_unload(vllm_engine, adapters, tmp_p
 
 @pytest.mark.docker
 def test_one_iteration_through_the_engine(tmp_path, vllm_engine, sandbox_image):
-    from orchestrator.loop import Loop
-    from orchestrator.tasks import seed_task
+    from orchestrator.agent.loop import Loop
+    from orchestrator.agent.tasks import seed_task
 
     cfg = RunConfig.load()
     cfg.run.max_iterations, cfg.run.max_retries, cfg.run.max_mutants, cfg.run.train_every = 1, 0, 3, 0
@@ -173,14 +173,14 @@ def test_burst_refuses_an_unserved_adapter_then_promotes_and_resumes(tmp_path, v
     """Real trainer container, real engine: a burst whose adapter changes nothing (one step at
     lr 1e-9) is refused by the load probe and the run stays on the base model; the next burst is
     hot-loaded, gated against the engine and promoted; a resumed run re-loads it."""
-    from orchestrator.adapters import Registry
-    from orchestrator.audit import read_events, verify
+    from orchestrator.training.adapters import Registry
+    from orchestrator.store.audit import read_events, verify
     from orchestrator.config import GateSection
-    from orchestrator.images import build_trainer_image
-    from orchestrator.loop import Loop
-    from orchestrator.tasks import seed_task
-    from orchestrator.trainer_runner.config import TrainConfig
-    from orchestrator.training import TrainHook
+    from orchestrator.sandbox.images import build_trainer_image
+    from orchestrator.agent.loop import Loop
+    from orchestrator.agent.tasks import seed_task
+    from orchestrator.training.runner.config import TrainConfig
+    from orchestrator.training.burst import TrainHook
     from tests.test_trainer import sample
 
     build_trainer_image(docker_client)
@@ -193,7 +193,7 @@ def test_burst_refuses_an_unserved_adapter_then_promotes_and_resumes(tmp_path, v
     loop = Loop(run, cfg, backend, task=seed_task(), train_hook=inert)
     for i in range(4):
         loop.archive.add(sample(i)["messages"], {"test": i})
-    inert(loop)
+    loop.train(inert)
     reg = Registry(run)
     assert reg.current() is None and backend.adapter_id is None and loop.state.current_adapter is None
     assert "refused" in reg.meta("v0001").decision and not reg.meta("v0001").promoted
@@ -201,7 +201,7 @@ def test_burst_refuses_an_unserved_adapter_then_promotes_and_resumes(tmp_path, v
     assert refused and "equals the base model's" in refused[0]["reason"] and refused[0]["current"] == "base"
     assert served_names(vllm_engine) == ["base"]
 
-    TrainHook(backend.model_dir, TrainConfig(max_steps=3, batch_size=2, learning_rate=1e-3, max_length=512))(loop)
+    loop.train(TrainHook(backend.model_dir, TrainConfig(max_steps=3, batch_size=2, learning_rate=1e-3, max_length=512)))
     assert reg.current() == "v0002" and backend.adapter_id == "v0002" and loop.state.current_adapter == "v0002"
     assert sorted(p.name for p in (run / "adapters" / "heldout").iterdir()) == ["base.jsonl", "v0002.jsonl"]
     assert served_names(vllm_engine) == sorted(["base", backend.served])
@@ -221,12 +221,12 @@ def test_rsi_serve_stops_on_ctrl_c_and_leaves_no_process(tmp_path):
     import signal
     import time
 
-    from orchestrator.engine import free_port
+    from orchestrator.models.engine import free_port
 
     port = free_port()
     env = os.environ | {"RSI_CACHE": str(tmp_path / "cache")}  # the engine's records; the model is linked in
     (tmp_path / "cache" / "models").mkdir(parents=True)
-    from orchestrator.embedded_model import ensure_converted
+    from orchestrator.models.embedded_model import ensure_converted
 
     (tmp_path / "cache" / "models" / ensure_converted().name).symlink_to(ensure_converted())
     log = open(tmp_path / "serve.log", "w+")

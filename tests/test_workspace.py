@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.audit import read_events, verify
-from orchestrator.policy import Policy
-from orchestrator.protocol import apply_reply
-from orchestrator.schema import FileEdit
-from orchestrator.workspace import ProtectedFileChanged, Workspace, atomic_write
+from orchestrator.store.audit import read_events, verify
+from orchestrator.protocol.policy import Policy
+from orchestrator.protocol.pipeline import apply_reply
+from orchestrator.protocol.schema import FileEdit
+from orchestrator.protocol.workspace import ProtectedFileChanged, Workspace, atomic_write
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED = ROOT / "seeds" / "example"
@@ -73,7 +73,7 @@ def test_protected_files_verified(tmp_path):
 
 
 def test_apply_reply_logs_and_commits(tmp_path):
-    from orchestrator.audit import AuditLog
+    from orchestrator.store.audit import AuditLog
 
     ws = Workspace.create(SEED, tmp_path / "ws")
     audit = AuditLog(tmp_path / "audit.jsonl")

@@ -1,0 +1,145 @@
+"""``rsi report RUN_DIR`` for a rounds run: report.md and PNG plots from what the run recorded.
+
+Sources: rounds.json (per round: tasks, candidates, verified, samples, refusals, verdicts,
+hack-screen counters, the burst and its gate), the audit log (training losses, its hash chain) and
+the adapter registry (the gate's paired comparisons, cached held-out results per model). Nothing is
+recomputed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from orchestrator.agent.rounds import STATE_FILE, RoundsState
+from orchestrator.store.audit import read_events, verify
+from orchestrator.training.adapters import Registry
+from orchestrator.training.gate import cached_summaries
+
+
+def _save(fig, ax, run_dir: Path, name: str, title: str, made: list[str]) -> None:
+    import matplotlib.pyplot as plt
+
+    ax.set_title(title, fontsize=9)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(run_dir / name, dpi=110)
+    plt.close(fig)
+    made.append(name)
+
+
+def _plots(run_dir: Path, state: RoundsState, events: list[dict], heldout, adapters) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made: list[str] = []
+    rounds = [r.round for r in state.rounds]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.bar([x - 0.2 for x in rounds], [r.verified for r in state.rounds], width=0.4, label="verified candidates",
+           color="tab:blue")
+    ax.bar([x + 0.2 for x in rounds], [r.samples_added for r in state.rounds], width=0.4,
+           label="new samples archived", color="tab:green")
+    ax.plot(rounds, [r.samples_total for r in state.rounds], "o-", color="k", label="samples in the archive")
+    ax.set_xticks(rounds)
+    ax.set_xlabel("round")
+    ax.set_ylabel("samples")
+    _save(fig, ax, run_dir, "report_samples.png", "Samples per round", made)
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    keys = sorted({k for r in state.rounds for k in r.hack_screen})
+    bottom = [0] * len(rounds)
+    for key in keys:
+        vals = [r.hack_screen.get(key, 0) for r in state.rounds]
+        ax.bar(rounds, vals, bottom=bottom, label=key)
+        bottom = [b + v for b, v in zip(bottom, vals)]
+    if not keys:
+        ax.bar(rounds, [0] * len(rounds))
+        ax.text(0.5, 0.5, "no candidate was caught by a hack screen", transform=ax.transAxes, ha="center")
+    ax.set_xticks(rounds)
+    ax.set_xlabel("round")
+    ax.set_ylabel("candidates")
+    _save(fig, ax, run_dir, "report_hack_screen.png", "Hack-screen counts per round (refused or not a clean verdict)",
+          made)
+
+    if heldout:
+        promoted = {m.id: m.promoted for m in adapters}
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        for x, (model, s) in enumerate(heldout):
+            lo, hi = s["ci95"]
+            color = "tab:blue" if model == "base" else ("tab:green" if promoted.get(model) else "tab:red")
+            ax.errorbar([x], [s["pass@1"]], yerr=[[s["pass@1"] - lo], [hi - s["pass@1"]]], fmt="o", capsize=5,
+                        color=color)
+        ax.set_xticks(range(len(heldout)), [m for m, _ in heldout])
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_ylabel("pass@1 (95% CI)")
+        ax.plot([], [], "o", color="tab:green", label="promoted")
+        ax.plot([], [], "o", color="tab:red", label="kept, not promoted")
+        _save(fig, ax, run_dir, "report_heldout.png",
+              f"Held-out pass@1 per model ({heldout[0][1]['problems']} gate problems)", made)
+
+    bursts = [e for e in events if e.get("event") == "adapter_trained"]
+    if bursts:
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        for e in bursts:
+            ax.plot(range(1, len(e["losses"]) + 1), e["losses"], label=f"{e['adapter']} (round {e['iteration']})")
+        ax.set_xlabel("logged step")
+        ax.set_ylabel("training loss")
+        _save(fig, ax, run_dir, "report_loss.png", "Training loss per burst", made)
+    return made
+
+
+def write_rounds_report(run_dir: Path) -> Path:
+    run_dir = Path(run_dir)
+    state = RoundsState.model_validate_json((run_dir / STATE_FILE).read_text())
+    events = read_events(run_dir / "audit.jsonl")
+    check = verify(run_dir / "audit.jsonl")
+    registry = Registry(run_dir)
+    adapters, heldout = registry.list(), cached_summaries(registry)
+    plots = _plots(run_dir, state, events, heldout, adapters)
+    lines = [
+        f"# rsi-lab rounds run {state.run_id}", "",
+        f"- suite: `{state.suite}` (seed {state.suite_seed}); backend `{state.backend}`, model `{state.model_id}`, "
+        f"adapter now `{state.current_adapter or 'base'}`",
+        f"- rounds: {len(state.rounds)}; replies generated: {state.generated}; samples archived: {state.samples}; "
+        f"wall time {state.elapsed_s:.0f} s",
+        f"- stop: **{state.stop_reason or 'not stopped (interrupted or running)'}**",
+        f"- audit log: {'intact' if check.ok else 'TAMPERED: ' + check.message} ({check.lines} lines)", "",
+        "| round | tasks | solved | candidates | accepted | verified | new samples | samples | generated | "
+        "hack screen | adapter | gate |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in state.rounds:
+        hs = sum(r.hack_screen.values())
+        b = r.burst
+        gate = "-" if b is None else (b.reason.split(":", 1)[0] if b.reason else "-")
+        lines.append(f"| {r.round} | {len(r.done)}/{len(r.task_ids)} | {r.solved_tasks} | {r.candidates} | "
+                     f"{r.accepted} | {r.verified} | {r.samples_added} | {r.samples_total} | {r.generated} | {hs} | "
+                     f"{(b.adapter if b and b.adapter else '-')} | {gate} |")
+    refusals: dict[str, int] = {}
+    for r in state.rounds:
+        for k, v in r.rejections.items():
+            refusals[k] = refusals.get(k, 0) + v
+    if refusals:
+        lines += ["", "Refused candidates by reason (last attempt): "
+                  + ", ".join(f"`{k}` {v}" for k, v in sorted(refusals.items(), key=lambda kv: -kv[1]))]
+    if adapters:
+        lines += ["", "## Adapters (the promotion gate)", "",
+                  "| id | parent | samples | pass@1 | parent pass@1 | difference (95% CI) | decision |",
+                  "|---|---|---|---|---|---|---|"]
+        for m in adapters:
+            c = m.comparison
+            diff = f"{c['difference']:+.3f} ({c['ci95'][0]:+.3f} to {c['ci95'][1]:+.3f})" if c else "-"
+            score = "-" if m.score is None else f"{m.score:.3f}"
+            parent = "-" if m.parent_score is None else f"{m.parent_score:.3f}"
+            lines.append(f"| {m.id} | {m.parent or 'base'} | {m.samples} | {score} | {parent} | {diff} | "
+                         f"{m.decision.split(':', 1)[0] or '-'} |")
+    if heldout:
+        lines += ["", "## Held-out pass@1 per model", "", "| model | problems | pass@1 | 95% CI |", "|---|---|---|---|"]
+        for model, s in heldout:
+            lines.append(f"| {model} | {s['problems']} | {s['pass@1']:.3f} | {s['ci95'][0]:.3f}-{s['ci95'][1]:.3f} |")
+    lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    out = run_dir / "report.md"
+    out.write_text("\n".join(lines) + "\n")
+    return out

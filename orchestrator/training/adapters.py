@@ -1,0 +1,167 @@
+"""Adapter registry in a run directory: ``adapters/vNNNN/`` plus ``adapters/registry.json``.
+
+Each adapter directory holds the PEFT files, the trainer's ``metrics.json`` and ``meta.json``
+(parent adapter, base model, config, data digest, sample count, score, decision). Training
+never changes what is current; ``record_decision`` stores the gate's verdict (gate.py) and
+promotes the adapter when the gate says so (otherwise it is kept, not promoted).
+``rollback`` returns to the adapter that was current before the last promotion.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from orchestrator.protocol.workspace import atomic_write
+
+BASE = "base"  # the base model without an adapter
+
+
+class AdapterRefused(RuntimeError):
+    """An adapter that must not be served: a corrupted directory, or one the engine failed to serve."""
+
+
+def check_adapter_dir(path: Path, max_rank: int | None = None) -> str:
+    """Refuse a corrupted PEFT adapter directory before any engine sees it; returns the weights'
+    SHA-256. Checks: adapter_config.json is JSON with a LoRA rank (within ``max_rank``) and target
+    modules; adapter_model.safetensors has a readable header whose tensors end exactly at the end
+    of the file (a truncated or padded file is refused)."""
+    path = Path(path)
+    name = path.name
+    if not path.is_dir():
+        raise AdapterRefused(f"adapter {name}: no directory {path}")
+    try:
+        config = json.loads((path / "adapter_config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise AdapterRefused(f"adapter {name}: unreadable adapter_config.json ({exc.__class__.__name__})") from exc
+    rank = config.get("r") if isinstance(config, dict) else None
+    if not isinstance(rank, int) or rank < 1 or not config.get("target_modules"):
+        raise AdapterRefused(f"adapter {name}: adapter_config.json has no LoRA rank or target modules")
+    if max_rank is not None and rank > max_rank:
+        raise AdapterRefused(f"adapter {name}: LoRA rank {rank} exceeds the engine's maximum {max_rank}")
+    weights = path / "adapter_model.safetensors"
+    try:
+        data = weights.read_bytes()
+    except OSError as exc:
+        raise AdapterRefused(f"adapter {name}: no readable adapter_model.safetensors") from exc
+    try:
+        size = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8:8 + size]) if len(data) >= 8 + size and size > 0 else None
+        ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"]
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError):
+        header, ends = None, []
+    if not header or not ends:
+        raise AdapterRefused(f"adapter {name}: adapter_model.safetensors has no readable tensor header")
+    if 8 + size + max(ends) != len(data):
+        raise AdapterRefused(f"adapter {name}: adapter_model.safetensors is {len(data)} bytes, its header "
+                             f"says {8 + size + max(ends)} (truncated or corrupted)")
+    return hashlib.sha256(data).hexdigest()
+
+
+class AdapterMeta(BaseModel):
+    id: str
+    parent: str | None
+    base_model: str
+    config: dict = Field(default_factory=dict)
+    data_sha256: str = ""
+    samples: int = 0
+    metrics: dict = Field(default_factory=dict)
+    score: float | None = None
+    parent_score: float | None = None
+    promoted: bool = False
+    decision: str = ""
+    comparison: dict = Field(default_factory=dict)  # the gate's paired comparison (gate.compare)
+    created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+
+class Registry:
+    def __init__(self, run_dir: Path | str):
+        self.root = Path(run_dir) / "adapters"
+        self.file = self.root / "registry.json"
+
+    def _load(self) -> dict:
+        if self.file.exists():
+            return json.loads(self.file.read_text())
+        return {"current": None, "history": []}
+
+    def _store(self, data: dict) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.file, json.dumps(data, indent=2).encode())
+
+    def current(self) -> str | None:
+        return self._load()["current"]
+
+    def path(self, adapter_id: str) -> Path:
+        return self.root / adapter_id
+
+    def meta(self, adapter_id: str) -> AdapterMeta:
+        return AdapterMeta.model_validate_json((self.path(adapter_id) / "meta.json").read_text())
+
+    def list(self) -> list[AdapterMeta]:
+        if not self.root.exists():
+            return []
+        return [self.meta(p.name) for p in sorted(self.root.glob("v[0-9][0-9][0-9][0-9]"))
+                if (p / "meta.json").exists()]
+
+    def staging_dir(self) -> Path:
+        """A fresh directory for the trainer to write into."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        staging = self.root / ".staging"
+        shutil.rmtree(staging, ignore_errors=True)
+        return staging
+
+    def register(self, trained_dir: Path, base_model: str, config: dict, metrics: dict) -> AdapterMeta:
+        """Move a finished training output in as the next version (not promoted)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        existing = [int(p.name[1:]) for p in self.root.glob("v[0-9][0-9][0-9][0-9]")]
+        adapter_id = f"v{max(existing, default=0) + 1:04d}"
+        target = self.path(adapter_id)
+        os.replace(trained_dir, target)
+        meta = AdapterMeta(id=adapter_id, parent=self.current(), base_model=base_model, config=config,
+                           data_sha256=metrics.get("data_sha256", ""), samples=metrics.get("samples", 0),
+                           metrics={k: v for k, v in metrics.items() if k != "config"})
+        self._write_meta(meta)
+        return meta
+
+    def _write_meta(self, meta: AdapterMeta) -> None:
+        atomic_write(self.path(meta.id) / "meta.json", meta.model_dump_json(indent=2).encode())
+
+    def record_decision(self, adapter_id: str, promote: bool, decision: str, score: float | None,
+                        parent_score: float | None, comparison: dict | None = None) -> AdapterMeta:
+        """Write the gate's verdict into the adapter's meta and promote it when the gate says so."""
+        meta = self.meta(adapter_id)
+        meta.score, meta.parent_score, meta.decision = score, parent_score, decision
+        meta.comparison = comparison or {}
+        if promote:
+            self._write_meta(meta)
+            self.promote(adapter_id)
+            meta.promoted = True
+        self._write_meta(meta)
+        return meta
+
+    def promote(self, adapter_id: str) -> None:
+        if adapter_id != BASE and not (self.path(adapter_id) / "adapter_config.json").exists():
+            raise KeyError(f"no adapter {adapter_id}")
+        data = self._load()
+        data["history"].append({"from": data["current"], "to": None if adapter_id == BASE else adapter_id,
+                                "at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+        data["current"] = None if adapter_id == BASE else adapter_id
+        self._store(data)
+
+    def rollback(self) -> str | None:
+        """Make current the adapter that was current before the last promotion; returns it."""
+        data = self._load()
+        if not data["history"]:
+            raise LookupError("nothing to roll back")
+        last = data["history"].pop()
+        data["current"] = last["from"]
+        data.setdefault("rollbacks", []).append({"from": last["to"], "to": last["from"],
+                                                 "at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+        self._store(data)
+        return data["current"]

@@ -1,0 +1,187 @@
+"""Launch the trainer container: archived samples -> LoRA adapter, with no network.
+
+The container sees only its inputs, read-only (the samples file, the JSON training config,
+the base model directory) and one writable directory (the output). The root filesystem is
+read-only, scratch is a size-capped tmpfs, capabilities are dropped, memory and time are
+capped, and the engine's log is off: the host reads the output stream itself (bounded) and
+forwards the last lines to the audit log. A GPU is requested only when asked for, with a
+clear error when none is available.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+import docker
+import structlog
+from pydantic import BaseModel, Field
+
+from orchestrator.sandbox.container import (
+    LABEL,
+    LABEL_HOST,
+    LABEL_PID,
+    InfraError,
+    connect,
+    hardened,
+    remove_quietly,
+    wait_or_kill,
+)
+from orchestrator.training.runner.config import TrainConfig
+
+log = structlog.get_logger(__name__)
+EXIT_BAD_INPUT = 2
+TRAINER_UID = 10001
+
+
+class TrainerInputError(ValueError):
+    """The samples or config were refused by the trainer (nothing was written)."""
+
+
+class TrainerError(RuntimeError):
+    """Training failed or timed out (nothing was written)."""
+
+
+class TrainerLimits(BaseModel):
+    image_cpu: str = "rsi-trainer:cpu"
+    image_gpu: str = "rsi-trainer:gpu"
+    memory: str = "12g"
+    cpus: float = Field(0, ge=0)  # 0: no CPU cap
+    pids: int = 1024
+    tmpfs_size: str = "4g"
+    timeout_s: float = 3600
+    log_lines: int = 200  # last lines kept for the audit log
+
+
+class _Tail(threading.Thread):
+    def __init__(self, stream, keep: int, cap_bytes: int = 64 << 20):
+        super().__init__(daemon=True)
+        self.stream, self.lines, self.cap = stream, deque(maxlen=keep), cap_bytes
+        self.total = 0
+
+    def run(self) -> None:
+        buf = b""
+        try:
+            for chunk in self.stream:
+                self.total += len(chunk)
+                if self.total > self.cap:
+                    continue  # keep draining, stop keeping
+                buf += chunk
+                *lines, buf = buf.split(b"\n")
+                for line in lines:
+                    text = line.decode("utf-8", "replace").rstrip()
+                    if text and "it/s]" not in text and "s/it]" not in text:  # progress bars
+                        self.lines.append(text[-1000:])
+        except Exception:  # noqa: BLE001 - the socket closes when the container goes
+            pass
+        if buf.strip():
+            self.lines.append(buf.decode("utf-8", "replace")[-1000:])
+
+
+def gpu_available(client) -> bool:
+    return "nvidia" in (client.info().get("Runtimes") or {})
+
+
+def container_kwargs(image: str, samples: Path, config_file: Path, model_dir: Path, output: Path,
+                     limits: TrainerLimits, gpu: bool) -> dict:
+    # /tmp keeps exec here: compilers of the training stack (triton, torch inductor) load what they build there
+    kwargs = dict(
+        **hardened(limits.memory, limits.pids, f"size={limits.tmpfs_size},mode=1777", limits.cpus),
+        image=image, detach=True, user=f"{TRAINER_UID}:{TRAINER_UID}",
+        volumes={str(samples): {"bind": "/data/samples.jsonl", "mode": "ro"},
+                 str(config_file): {"bind": "/data/config.json", "mode": "ro"},
+                 str(model_dir): {"bind": "/model", "mode": "ro"},
+                 str(output): {"bind": "/out", "mode": "rw"}},
+        command=["--samples", "/data/samples.jsonl", "--config", "/data/config.json", "--model-dir", "/model",
+                 "--output", "/out"],
+        labels={LABEL: "trainer", LABEL_PID: str(os.getpid()), LABEL_HOST: socket.gethostname()},
+        environment={"PYTHONUNBUFFERED": "1"},
+    )
+    if gpu:
+        kwargs["device_requests"] = [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]
+        # the Debian-based GPU image has no CUDA base to set these: the NVIDIA toolkit reads them to mount
+        # the host driver's compute libraries (libcuda) into the container
+        kwargs["environment"].update(NVIDIA_VISIBLE_DEVICES="all", NVIDIA_DRIVER_CAPABILITIES="compute,utility")
+    return kwargs
+
+
+def run_training(samples: Path, output: Path, config: TrainConfig, model_dir: Path, gpu: bool = False,
+                 limits: TrainerLimits | None = None, client=None, on_log=None) -> dict:
+    """Train in a fresh container; returns metrics.json. The adapter lands in ``output``."""
+    limits = limits or TrainerLimits()
+    client = client or connect()
+    image = limits.image_gpu if gpu else limits.image_cpu
+    if gpu and not gpu_available(client):
+        raise InfraError("the GPU trainer was asked for but this Docker engine has no GPU runtime (nvidia); "
+                         "install the NVIDIA container toolkit or train on the CPU")
+    try:
+        client.images.get(image)
+    except docker.errors.ImageNotFound as exc:
+        raise InfraError(f"trainer image {image} not found; run `make images`"
+                         + (" / `make trainer-gpu-image`" if gpu else "")) from exc
+    samples, model_dir = Path(samples).resolve(), Path(model_dir).resolve()
+    if not samples.is_file():
+        raise TrainerInputError(f"samples file {samples} does not exist")
+    if not (model_dir / "config.json").is_file():
+        raise TrainerInputError(f"no model at {model_dir}")
+    output = Path(output).resolve()
+    if output.exists() and any(output.iterdir()):
+        raise TrainerInputError(f"output directory {output} is not empty")
+    output.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="rsi-train-"))
+    config_file = work / "config.json"
+    config_file.write_text(config.model_dump_json())
+    os.chmod(work, 0o755)
+    os.chmod(config_file, 0o644)
+    if os.geteuid() == 0:
+        os.chown(output, TRAINER_UID, TRAINER_UID)
+    else:
+        os.chmod(output, 0o777)
+    container = None
+    tail = None
+    timed_out = False
+    start = time.monotonic()
+    try:
+        container = client.containers.create(**container_kwargs(image, samples, config_file, model_dir, output,
+                                                                limits, gpu))
+        tail = _Tail(container.attach(stdout=True, stderr=True, stream=True, logs=False), limits.log_lines)
+        tail.start()
+        container.start()
+        status, timed_out = wait_or_kill(container, limits.timeout_s)
+        tail.join(10)
+    except docker.errors.APIError as exc:
+        raise InfraError(f"docker engine refused the trainer: {exc.explanation or exc}") from exc
+    finally:
+        remove_quietly(container)
+        shutil.rmtree(work, ignore_errors=True)
+    lines = list(tail.lines) if tail else []
+    if on_log:
+        on_log(lines)
+    log.info("trainer.finished", status=status, seconds=round(time.monotonic() - start, 1), timed_out=timed_out)
+    message = next((ln for ln in reversed(lines) if ln.startswith("rsi-trainer: ")), lines[-1] if lines else "")
+    if timed_out:
+        _clean(output)
+        raise TrainerError(f"training timed out after {limits.timeout_s} s")
+    if status == EXIT_BAD_INPUT:
+        _clean(output)
+        raise TrainerInputError(message.removeprefix("rsi-trainer: "))
+    if status != 0 or not (output / "metrics.json").exists():
+        _clean(output)
+        raise TrainerError(f"trainer exited with {status}: {message}")
+    return json.loads((output / "metrics.json").read_text())
+
+
+def _clean(output: Path) -> None:
+    """A failed run must leave no adapter behind."""
+    for p in output.iterdir():
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
