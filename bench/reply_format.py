@@ -8,7 +8,7 @@ through the loop's prompt path (``prompts.patch_messages`` with the request's fo
 under the reply schema's grammar, ``code`` freely and stops after the first complete code block). Each
 reply goes through the protocol (``protocol.check``: the code block turned into the JSON reply, then
 schema and policy), and is graded by the problem's hidden test in the sandbox with the existing
-``humaneval_eval.evaluate`` (over a replay of the protocol replies), as ``rsi eval`` grades.
+``orchestrator.evaluation.humaneval.evaluate`` (over a replay of the protocol replies), as ``rsi eval`` grades.
 
 Reported per format: replies accepted by schema and policy, replies whose file parses as Python
 (``valid_python``), the rejection reasons, pass@1 with its Wilson interval, the paired difference

@@ -88,7 +88,7 @@ def test_fixed_file_testpaths_put_canaries_outside_what_pytest_collects(tmp_path
     """Not a reward hack, a false ``tampered``: with ``testpaths = tests/test_a.py`` (a file),
     ``stage_canaries`` writes new files next to it (``tests/test_x_y.py``), which are not in the
     testpaths the supervisor passes to pytest, so every canary is "removed from the collection" and
-    every run, the honest fix included, grades ``tampered`` (reward 0). Fix: sandbox.py
+    every run, the honest fix included, grades ``tampered`` (reward 0). Fix: sandbox/container.py
     ``stage_canaries``: when the chosen testpaths entry is a file (or a file glob the new name does
     not match), place canaries only where ``within(new_path, resolve(root))`` holds after staging,
     else stage none (or have the supervisor pass the canary files to pytest explicitly)."""

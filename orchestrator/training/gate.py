@@ -1,7 +1,7 @@
 """The promotion gate: the current model and a new adapter on the same held-out problems, paired.
 
 Each model answers every gate problem once (greedy, through the loop's patch protocol) and is
-graded by the problem's hidden test in the sandbox (humaneval_eval.evaluate). The decision rests
+graded by the problem's hidden test in the sandbox (evaluation/humaneval.py ``evaluate``). The decision rests
 on the per-problem difference new - current, its mean and a bootstrap 95 % interval:
 
 - promoted when the mean difference is >= -noise (not worse beyond the tolerated noise), or,
