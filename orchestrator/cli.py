@@ -461,8 +461,8 @@ def _run_rounds(config_file, backend, replies, base_url, run_dir, resume_dir, su
                 from orchestrator.evaluation.suites import repo_suite
                 from orchestrator.sandbox.container import SandboxLimits
 
-                chosen = repo_suite(workspace, config.rounds.seed, SandboxLimits.load(
-                    timeout_s=config.run.sandbox_timeout_s), say=lambda m: click.echo(f"rsi: {m}", err=True))
+                chosen = repo_suite(workspace, config.rounds.seed, SandboxLimits.load(),
+                                    say=lambda m: click.echo(f"rsi: {m}", err=True))
             else:
                 chosen = resolve_suite(config.rounds.suite if suite == "default" else suite, task_list,
                                        config.rounds.seed)
@@ -691,13 +691,13 @@ def eval_cmd(suite, split, only, backend, replies, base_url, adapter, baseline, 
         if baseline is not None:
             raise click.UsageError("lm-eval suites always run the base model; with --adapter they add it and "
                                    "report the paired difference (no --baseline)")
-        summary = _lm_eval(suite.split(":", 1)[1], adapter, run_dir, data, limit, max_gen_toks,
-                           num_fewshot, chat_template, out)
+        summary, line = _lm_eval(suite.split(":", 1)[1], adapter, run_dir, data, limit, max_gen_toks,
+                                 num_fewshot, chat_template, out)
     elif suite == "humaneval":
-        summary = _humaneval(split, only, backend, replies, base_url, adapter, baseline, run_dir, n, k, seeds, out)
+        summary, line = _humaneval(split, only, backend, replies, base_url, adapter, baseline, run_dir, n, k, seeds,
+                                   out)
     else:
         raise click.UsageError(f"unknown suite {suite!r}: humaneval or lm-eval:TASK")
-    line = summary.pop("_line")
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     click.echo(json.dumps(summary) if as_json else f"{line}; results in {out}")
 
@@ -713,9 +713,9 @@ def _adapter_dir(run_dir, adapter):
     return path
 
 
-def _humaneval(split, only, backend, replies, base_url, adapter, baseline, run_dir, n, k, seeds, out) -> dict:
+def _humaneval(split, only, backend, replies, base_url, adapter, baseline, run_dir, n, k, seeds, out) -> tuple[dict, str]:
     from orchestrator.config import RunConfig
-    from orchestrator.evaluation.humaneval import evaluate, summarize, task_ids
+    from orchestrator.evaluation.humaneval import evaluate, report, summarize, task_ids
     from orchestrator.models.backends import BackendError
     from orchestrator.sandbox.container import InfraError
     from orchestrator.training.adapters import AdapterRefused
@@ -755,29 +755,13 @@ def _humaneval(split, only, backend, replies, base_url, adapter, baseline, run_d
     finally:
         if model is not None:
             model.close()
-    summary = dict(runs[0])
-    summary.update(suite="humaneval", split=split, backend=model.name, model=model.model_id,
-                   adapter=None if adapter in (None, "none") else adapter)
-    if seeds > 1:
-        scores = [r[f"pass@{k}"] for r in runs]
-        mean = sum(scores) / len(scores)
-        summary["seeds"] = {"scores": scores, "mean": mean,
-                            "std": (sum((x - mean) ** 2 for x in scores) / (len(scores) - 1)) ** 0.5}
-    lo, hi = summary["ci95"]
-    line = f"pass@{k} = {summary[f'pass@{k}']:.3f} (95% CI {lo:.3f}-{hi:.3f}) on {summary['problems']} {split} problems"
-    if comparison:
-        summary["baseline"] = {"adapter": baseline, **comparison["current"]}
-        summary["difference"] = {key: comparison[key] for key in ("difference", "ci95", "excludes_zero", "problems")}
-        d, (dlo, dhi) = comparison["difference"], comparison["ci95"]
-        line += (f"; baseline {baseline} {comparison['current']['pass@1']:.3f}; paired difference {d:+.3f} "
-                 f"(95% CI {dlo:+.3f} to {dhi:+.3f}, {'excludes' if comparison['excludes_zero'] else 'includes'} zero)")
-    summary["_line"] = line
-    return summary
+    meta = dict(suite="humaneval", split=split, backend=model.name, model=model.model_id,
+                adapter=None if adapter in (None, "none") else adapter)
+    return report(runs, k, split, meta, comparison, baseline)
 
 
-def _lm_eval(task, adapter, run_dir, data, limit, max_gen_toks, num_fewshot, chat_template, out) -> dict:
-    from orchestrator.evaluation.humaneval import paired_difference
-    from orchestrator.evaluation.lm_eval_suite import LmEvalError, run
+def _lm_eval(task, adapter, run_dir, data, limit, max_gen_toks, num_fewshot, chat_template, out) -> tuple[dict, str]:
+    from orchestrator.evaluation.lm_eval_suite import LmEvalError, report, run
     from orchestrator.models.embedded_model import ensure_converted
 
     out.mkdir(parents=True, exist_ok=True)
@@ -794,22 +778,7 @@ def _lm_eval(task, adapter, run_dir, data, limit, max_gen_toks, num_fewshot, cha
             scores[name] = r
     except (LmEvalError, FileNotFoundError, ImportError) as exc:
         _fail_infra(str(exc))
-    head = scores[adapter] if adapter not in (None, "none") else scores["base"]
-    summary = {k: v for k, v in head.items() if k != "per_sample"}
-    summary["per_model"] = {name: {"score": r["score"], "stderr": r["stderr"], "samples": r["samples"]}
-                            for name, r in scores.items()}
-    line = "; ".join(f"{name}: {r['metric']} ({r['filter']}) = {r['score']:.3f}"
-                     + (f" ± {r['stderr']:.3f}" if r["stderr"] is not None else "") + f" on {r['samples']} samples"
-                     for name, r in scores.items())
-    if adapter not in (None, "none"):
-        def per_doc(name):
-            rows = sorted(scores[name]["per_sample"], key=lambda x: x["doc_id"])
-            return [float(x[head["metric"]]) for x in rows]
-        d = paired_difference(per_doc("base"), per_doc(adapter))
-        summary["difference"] = d
-        line += f"; paired difference {d['difference']:+.3f} (95% CI {d['ci95'][0]:+.3f} to {d['ci95'][1]:+.3f})"
-    summary["_line"] = f"lm-eval:{task}: " + line
-    return summary
+    return report(task, scores, None if adapter in (None, "none") else adapter)
 
 
 @main.command("contamination")

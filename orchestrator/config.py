@@ -6,7 +6,7 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from orchestrator.models.gpu import GpuSection
 from orchestrator.protocol.policy import POLICIES_DIR
@@ -22,7 +22,14 @@ class RunSection(BaseModel):
     max_retries: int = Field(3, ge=0)
     max_mutants: int = Field(12, ge=1)
     train_every: int = Field(3, ge=0)
-    sandbox_timeout_s: float = Field(60, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data):
+        if isinstance(data, dict) and "sandbox_timeout_s" in data:
+            raise ValueError("[run] sandbox_timeout_s moved: the sandbox's time limit is timeout_s in [sandbox] of "
+                             "policies/sandbox.toml (every sandbox limit lives there)")
+        return data
 
 
 ReplyFormatName = Literal["json", "code"]

@@ -256,3 +256,22 @@ def test_the_host_baseline_follows_the_policy_file(tmp_path, monkeypatch):
     custom.patch.deny_dirs = custom.patch.deny_dirs + ["checks"]
     monkeypatch.setattr(policy_mod.Policy, "load", classmethod(lambda cls, path=None: custom))
     assert with_baseline(run, run).verdict == "pass"
+
+
+def test_sandbox_limits_have_one_source(tmp_path):
+    """The sandbox's time limit is read from policies/sandbox.toml only: the loop and the rounds take
+    SandboxLimits.load()'s value, and a run config that still sets the old [run] key is refused in one
+    line that says where the limit lives now."""
+    from orchestrator.config import RunConfig
+    from orchestrator.sandbox.container import SandboxLimits
+
+    assert "sandbox_timeout_s" not in RunConfig.load().run.model_dump()
+    old = tmp_path / "old.toml"
+    old.write_text("[run]\nsandbox_timeout_s = 30\n")
+    with pytest.raises(ValueError, match=r"timeout_s in \[sandbox\] of policies/sandbox.toml"):
+        RunConfig.load(old)
+    custom = tmp_path / "policies"
+    custom.mkdir()
+    (custom / "sandbox.toml").write_text("[sandbox]\ntimeout_s = 7\n")
+    assert SandboxLimits.load(custom / "sandbox.toml").timeout_s == 7
+    assert SandboxLimits.load().timeout_s == 60

@@ -74,7 +74,7 @@ class Loop:
         self.console = console or Console(stderr=True)
         self.train_hook = train_hook
         self.policy = Policy.load()
-        self.limits = SandboxLimits.load(timeout_s=config.run.sandbox_timeout_s)
+        self.limits = SandboxLimits.load()
         if config.run.train_every and train_hook is None:
             raise RunError("train_every > 0 needs a trainer; none is configured")
         if task is not None:

@@ -298,7 +298,7 @@ class Rounds:
         self.config, self.backend, self.trainer = config, backend, trainer
         self.rc = config.rounds
         self.console = console or Console(stderr=True)
-        self.limits = SandboxLimits.load(timeout_s=config.run.sandbox_timeout_s)
+        self.limits = SandboxLimits.load()
         self.concurrency = self.rc.concurrency or default_concurrency()
         self.policy = Policy.load()
         self._clock = time.monotonic()

@@ -12,6 +12,7 @@ import json
 import math
 import random
 import re
+import statistics
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -89,6 +90,26 @@ def summarize(results: list[ProblemResult], k: int = 1) -> dict:
         lo, hi = bootstrap_ci(per_problem)
     return {f"pass@{k}": score, "ci95": [lo, hi], "problems": len(results),
             "samples_per_problem": results[0].n if results else 0}
+
+
+def report(runs: list[dict], k: int, split: str, meta: dict, comparison: dict | None = None,
+           baseline: str | None = None) -> tuple[dict, str]:
+    """``rsi eval``'s summary of one or more seeds (each a ``summarize`` result; the first is the headline,
+    the others add their spread) with ``meta`` (suite, model...) and, against a baseline, the paired
+    comparison (gate.compare); and its one-line reading."""
+    summary = {**runs[0], **meta}
+    if len(runs) > 1:
+        scores = [r[f"pass@{k}"] for r in runs]
+        summary["seeds"] = {"scores": scores, "mean": statistics.mean(scores), "std": statistics.stdev(scores)}
+    lo, hi = summary["ci95"]
+    line = f"pass@{k} = {summary[f'pass@{k}']:.3f} (95% CI {lo:.3f}-{hi:.3f}) on {summary['problems']} {split} problems"
+    if comparison:
+        summary["baseline"] = {"adapter": baseline, **comparison["current"]}
+        summary["difference"] = {key: comparison[key] for key in ("difference", "ci95", "excludes_zero", "problems")}
+        d, (dlo, dhi) = comparison["difference"], comparison["ci95"]
+        line += (f"; baseline {baseline} {comparison['current']['pass@1']:.3f}; paired difference {d:+.3f} "
+                 f"(95% CI {dlo:+.3f} to {dhi:+.3f}, {'excludes' if comparison['excludes_zero'] else 'includes'} zero)")
+    return summary, line
 
 
 SAMPLE_TEMPERATURE = 0.8

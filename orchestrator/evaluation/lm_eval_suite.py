@@ -91,3 +91,25 @@ def run(task: str, model_dir: Path, adapter_dir: Path | None = None, data: Path 
         "max_gen_toks": max_gen_toks, "chat_template": chat_template, "lm_eval": lm_eval.__version__,
         "per_sample": samples,
     }
+
+
+def report(task: str, scores: dict[str, dict], adapter: str | None) -> tuple[dict, str]:
+    """``rsi eval --suite lm-eval:TASK``'s summary (``scores``: model name -> ``run`` result; with an
+    adapter, the paired per-document difference against the base) and its one-line reading."""
+    from orchestrator.evaluation.humaneval import paired_difference
+
+    head = scores[adapter] if adapter else scores["base"]
+    summary = {k: v for k, v in head.items() if k != "per_sample"}
+    summary["per_model"] = {name: {"score": r["score"], "stderr": r["stderr"], "samples": r["samples"]}
+                            for name, r in scores.items()}
+    line = "; ".join(f"{name}: {r['metric']} ({r['filter']}) = {r['score']:.3f}"
+                     + (f" ± {r['stderr']:.3f}" if r["stderr"] is not None else "") + f" on {r['samples']} samples"
+                     for name, r in scores.items())
+    if adapter:
+        def per_doc(name):
+            return [float(x[head["metric"]]) for x in sorted(scores[name]["per_sample"], key=lambda x: x["doc_id"])]
+
+        d = paired_difference(per_doc("base"), per_doc(adapter))
+        summary["difference"] = d
+        line += f"; paired difference {d['difference']:+.3f} (95% CI {d['ci95'][0]:+.3f} to {d['ci95'][1]:+.3f})"
+    return summary, f"lm-eval:{task}: " + line

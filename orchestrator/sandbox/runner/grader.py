@@ -109,149 +109,41 @@ def _broken(evidence, reason: str, verdict: str = "tampered") -> dict:
             "reasons": [reason], "tests": []}
 
 
+class _Findings:
+    """What grading found, by weight: ``tampered`` beats ``errors`` beats ``fails`` (see ``_verdict``)."""
+
+    def __init__(self) -> None:
+        self.tampered: list[str] = []
+        self.errors: list[str] = []
+        self.fails: list[str] = []
+
+
+class _Stream:
+    """The result stream as the pytest process told it, after the shape checks."""
+
+    def __init__(self) -> None:
+        self.collected: list[str] | None = None
+        self.finish: dict | None = None
+        self.collect_errors: list[dict] = []
+        self.collect_skips: list[dict] = []
+        self.reports: dict[str, dict] = {}
+
+
 def _grade_phase(evidence: dict) -> dict:
-    tampered: list[str] = []
-    errors: list[str] = []
-    fails: list[str] = []
-    events = evidence.get("events") or []
+    found = _Findings()
     exit_code = evidence.get("exit_code")
     canaries = evidence.get("canaries") or {"pass": [], "xfail": []}
     canary_ids = set(canaries.get("pass", [])) | set(canaries.get("xfail", []))
-
     for msg in evidence.get("stream_errors") or []:
-        tampered.append(f"result stream: {msg}")
-
-    collected = None
-    finish = None
-    collect_errors: list[dict] = []
-    collect_skips: list[dict] = []
-    reports: dict[str, dict] = {}
-    for ev in events:
-        if not _valid_event(ev):
-            tampered.append("result stream: malformed event")
-            continue
-        if finish is not None:
-            tampered.append("result stream: event after the session finished")
-            continue
-        kind = ev["e"]
-        if kind == "collected":
-            if collected is not None:
-                tampered.append("result stream: collection reported twice")
-            collected = list(ev["ids"])
-        elif kind == "collecterror":
-            collect_errors.append(ev)
-        elif kind == "collectskip":
-            collect_skips.append(ev)
-        elif kind == "report":
-            per_test = reports.setdefault(ev["id"], {})
-            if ev["when"] in per_test:
-                tampered.append(f"result stream: duplicate {ev['when']} report for {ev['id']}")
-            per_test[ev["when"]] = ev
-            if ev["outcome"] == "passed" and ev.get("raised") and not ev.get("xfail"):
-                tampered.append(
-                    f"{ev['id']}: reported passed although its {ev['when']} raised {ev['raised']}"
-                )
-        elif kind == "finish":
-            finish = ev
-
-    # Consistency of the session with the process that ran it.
-    if finish is None:
-        if exit_code == 0:
-            tampered.append("pytest exited with status 0 without finishing its session")
-        elif not evidence.get("timed_out"):
-            errors.append(f"pytest did not finish its session (exit code {exit_code})")
-    elif exit_code is not None and finish["exitstatus"] != exit_code:
-        tampered.append(
-            f"pytest reported exit status {finish['exitstatus']} but its process exited with {exit_code}"
-        )
-
-    if collected is not None:
-        known = set(collected)
-        for nodeid in reports:
-            if nodeid not in known:
-                tampered.append(f"result stream: report for {nodeid}, which was never collected")
-
-    # Canaries: tests with unpredictable names whose outcome is known in advance. A canary
-    # that ran must have its known outcome; when pytest claims success, all must have run.
-    if finish is not None and collected is not None:
-        success_claimed = finish["exitstatus"] == 0
-        for kind, want in (("pass", "passed"), ("xfail", "xfailed")):
-            for canary in canaries.get(kind, []):
-                ids = [i for i in collected if i == canary]
-                if not ids:
-                    if success_claimed or not collect_errors:
-                        tampered.append("a canary test was removed from the collection")
-                    continue
-                got = _test_outcome(reports.get(ids[0], {}))[0]
-                if got == "notrun" and not success_claimed:
-                    continue
-                if got != want:
-                    tampered.append(f"a canary test that must be {want} was {got}")
-
-    tests = []
-    counts = {"passed": 0, "failed": 0, "errors": 0, "skipped": 0}
-    for ev in collect_errors:
-        counts["errors"] += 1
-        errors.append(f"collection error in {ev.get('id') or 'session'}")
-    for ev in collect_skips:
-        counts["skipped"] += 1
-        tests.append({"nodeid": ev["id"], "outcome": "skipped", "message": ev.get("msg", "")[-2000:]})
-    workspace_ids = [i for i in (collected or []) if not _is_canary(i, canary_ids)]
-    for nodeid in workspace_ids:
-        outcome, msg = _test_outcome(reports.get(nodeid, {}))
-        tests.append({"nodeid": nodeid, "outcome": outcome, "message": msg[-2000:]})
-        if outcome == "passed":
-            counts["passed"] += 1
-        elif outcome == "failed":
-            counts["failed"] += 1
-        elif outcome in ("error", "notrun"):
-            counts["errors"] += 1
-        else:
-            counts["skipped"] += 1
-    not_run = [t["nodeid"] for t in tests if t["outcome"] == "notrun"]
-    if not_run:
-        if finish is not None and finish["exitstatus"] == 0:
-            tampered.append(f"{len(not_run)} collected tests never ran but pytest reported success")
-        else:
-            errors.append(f"{len(not_run)} collected tests never ran")
-    if counts["failed"]:
-        fails.append(f"{counts['failed']} tests failed")
-    if counts["errors"] and not collect_errors and not not_run:
-        errors.append(f"{counts['errors']} tests errored in setup or teardown")
-    if counts["skipped"]:
-        fails.append(f"{counts['skipped']} tests skipped or xfailed (they never count as passes)")
-
-    # Tests visible in the source must have been collected.
-    if finish is not None and collected is not None and not collect_errors:
-        for prefix in evidence.get("expected") or []:
-            if not any(_matches(i, prefix) for i in collected):
-                fails.append(f"{prefix} is in the test files but was never collected")
-
-    if finish is not None and collected is not None and not workspace_ids and not collect_errors \
-            and not collect_skips:
-        errors.append("no tests were collected")
-    if collected is None and finish is not None:
-        errors.append(f"pytest stopped before collecting (exit status {finish['exitstatus']})")
-    if finish is not None and finish["exitstatus"] not in (0, 1) and not errors and not tampered:
-        errors.append(f"pytest exit status {finish['exitstatus']}")
-    if evidence.get("oom_killed"):
-        errors.append("the memory limit was hit (OOM kill)")
-
-    if tampered:
-        verdict = "tampered"
-    elif evidence.get("timed_out"):
-        verdict = "timeout"
-    elif errors:
-        verdict = "error"
-    elif fails:
-        verdict = "fail"
-    elif counts["passed"] > 0 and finish is not None and finish["exitstatus"] == 0 and exit_code == 0:
-        verdict = "pass"
-    else:
-        verdict = "error"
-        errors.append("no evidence of a complete, successful run")
-
-    reasons = tampered + (["wall-clock timeout"] if evidence.get("timed_out") else []) + errors + fails
+        found.tampered.append(f"result stream: {msg}")
+    stream = _read_stream(evidence.get("events") or [], found)
+    _check_session(stream, evidence, exit_code, found)
+    _check_canaries(stream, canaries, found)
+    tests, counts, workspace_ids = _count_tests(stream, canary_ids, found)
+    _check_completeness(stream, evidence, workspace_ids, found)
+    verdict = _verdict(stream, evidence, exit_code, counts, found)
+    reasons = found.tampered + (["wall-clock timeout"] if evidence.get("timed_out") else []) + found.errors \
+        + found.fails
     return {
         "verdict": verdict,
         **counts,
@@ -264,6 +156,151 @@ def _grade_phase(evidence: dict) -> dict:
         "reasons": _dedupe(reasons),
         "tests": tests[:MAX_TESTS_LISTED],
     }
+
+
+def _read_stream(events: list, found: _Findings) -> _Stream:
+    """Each event once, in order: malformed events, events after the finish, a second collection,
+    duplicate reports and a pass whose phase raised are tampering."""
+    s = _Stream()
+    for ev in events:
+        if not _valid_event(ev):
+            found.tampered.append("result stream: malformed event")
+            continue
+        if s.finish is not None:
+            found.tampered.append("result stream: event after the session finished")
+            continue
+        kind = ev["e"]
+        if kind == "collected":
+            if s.collected is not None:
+                found.tampered.append("result stream: collection reported twice")
+            s.collected = list(ev["ids"])
+        elif kind == "collecterror":
+            s.collect_errors.append(ev)
+        elif kind == "collectskip":
+            s.collect_skips.append(ev)
+        elif kind == "report":
+            per_test = s.reports.setdefault(ev["id"], {})
+            if ev["when"] in per_test:
+                found.tampered.append(f"result stream: duplicate {ev['when']} report for {ev['id']}")
+            per_test[ev["when"]] = ev
+            if ev["outcome"] == "passed" and ev.get("raised") and not ev.get("xfail"):
+                found.tampered.append(
+                    f"{ev['id']}: reported passed although its {ev['when']} raised {ev['raised']}"
+                )
+        elif kind == "finish":
+            s.finish = ev
+    return s
+
+
+def _check_session(s: _Stream, evidence: dict, exit_code, found: _Findings) -> None:
+    """The session must agree with the process that ran it; reports only for collected tests."""
+    if s.finish is None:
+        if exit_code == 0:
+            found.tampered.append("pytest exited with status 0 without finishing its session")
+        elif not evidence.get("timed_out"):
+            found.errors.append(f"pytest did not finish its session (exit code {exit_code})")
+    elif exit_code is not None and s.finish["exitstatus"] != exit_code:
+        found.tampered.append(
+            f"pytest reported exit status {s.finish['exitstatus']} but its process exited with {exit_code}"
+        )
+    if s.collected is not None:
+        known = set(s.collected)
+        for nodeid in s.reports:
+            if nodeid not in known:
+                found.tampered.append(f"result stream: report for {nodeid}, which was never collected")
+
+
+def _check_canaries(s: _Stream, canaries: dict, found: _Findings) -> None:
+    """Canaries: tests with unpredictable names whose outcome is known in advance. A canary
+    that ran must have its known outcome; when pytest claims success, all must have run."""
+    if s.finish is None or s.collected is None:
+        return
+    success_claimed = s.finish["exitstatus"] == 0
+    for kind, want in (("pass", "passed"), ("xfail", "xfailed")):
+        for canary in canaries.get(kind, []):
+            ids = [i for i in s.collected if i == canary]
+            if not ids:
+                if success_claimed or not s.collect_errors:
+                    found.tampered.append("a canary test was removed from the collection")
+                continue
+            got = _test_outcome(s.reports.get(ids[0], {}))[0]
+            if got == "notrun" and not success_claimed:
+                continue
+            if got != want:
+                found.tampered.append(f"a canary test that must be {want} was {got}")
+
+
+def _count_tests(s: _Stream, canary_ids: set, found: _Findings) -> tuple[list[dict], dict, list[str]]:
+    """Every workspace test's outcome, the counts, and what they say: a test that never ran while
+    pytest claims success is tampering; failures, setup errors and skips never count as passes."""
+    tests = []
+    counts = {"passed": 0, "failed": 0, "errors": 0, "skipped": 0}
+    for ev in s.collect_errors:
+        counts["errors"] += 1
+        found.errors.append(f"collection error in {ev.get('id') or 'session'}")
+    for ev in s.collect_skips:
+        counts["skipped"] += 1
+        tests.append({"nodeid": ev["id"], "outcome": "skipped", "message": ev.get("msg", "")[-2000:]})
+    workspace_ids = [i for i in (s.collected or []) if not _is_canary(i, canary_ids)]
+    for nodeid in workspace_ids:
+        outcome, msg = _test_outcome(s.reports.get(nodeid, {}))
+        tests.append({"nodeid": nodeid, "outcome": outcome, "message": msg[-2000:]})
+        if outcome == "passed":
+            counts["passed"] += 1
+        elif outcome == "failed":
+            counts["failed"] += 1
+        elif outcome in ("error", "notrun"):
+            counts["errors"] += 1
+        else:
+            counts["skipped"] += 1
+    not_run = [t["nodeid"] for t in tests if t["outcome"] == "notrun"]
+    if not_run:
+        if s.finish is not None and s.finish["exitstatus"] == 0:
+            found.tampered.append(f"{len(not_run)} collected tests never ran but pytest reported success")
+        else:
+            found.errors.append(f"{len(not_run)} collected tests never ran")
+    if counts["failed"]:
+        found.fails.append(f"{counts['failed']} tests failed")
+    if counts["errors"] and not s.collect_errors and not not_run:
+        found.errors.append(f"{counts['errors']} tests errored in setup or teardown")
+    if counts["skipped"]:
+        found.fails.append(f"{counts['skipped']} tests skipped or xfailed (they never count as passes)")
+    return tests, counts, workspace_ids
+
+
+def _check_completeness(s: _Stream, evidence: dict, workspace_ids: list[str], found: _Findings) -> None:
+    """Tests visible in the source must have been collected; something must have been; the exit
+    status must be pytest's success or failure; the memory limit must not have been hit."""
+    if s.finish is not None and s.collected is not None and not s.collect_errors:
+        for prefix in evidence.get("expected") or []:
+            if not any(_matches(i, prefix) for i in s.collected):
+                found.fails.append(f"{prefix} is in the test files but was never collected")
+    if s.finish is not None and s.collected is not None and not workspace_ids and not s.collect_errors \
+            and not s.collect_skips:
+        found.errors.append("no tests were collected")
+    if s.collected is None and s.finish is not None:
+        found.errors.append(f"pytest stopped before collecting (exit status {s.finish['exitstatus']})")
+    if s.finish is not None and s.finish["exitstatus"] not in (0, 1) and not found.errors and not found.tampered:
+        found.errors.append(f"pytest exit status {s.finish['exitstatus']}")
+    if evidence.get("oom_killed"):
+        found.errors.append("the memory limit was hit (OOM kill)")
+
+
+def _verdict(s: _Stream, evidence: dict, exit_code, counts: dict, found: _Findings) -> str:
+    """Default-fail: ``pass`` only with nothing found, a test passed, and pytest and its process both
+    reporting success."""
+    if found.tampered:
+        return "tampered"
+    if evidence.get("timed_out"):
+        return "timeout"
+    if found.errors:
+        return "error"
+    if found.fails:
+        return "fail"
+    if counts["passed"] > 0 and s.finish is not None and s.finish["exitstatus"] == 0 and exit_code == 0:
+        return "pass"
+    found.errors.append("no evidence of a complete, successful run")
+    return "error"
 
 
 def _dedupe(items: list[str]) -> list[str]:
