@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import io
 import shutil
 import statistics
 import subprocess
@@ -35,6 +34,7 @@ import docker  # noqa: E402
 
 from bench.results_io import Recorder  # noqa: E402
 from orchestrator.sandbox.project_image import (  # noqa: E402
+    _tar,
     build_project_image, download_wheelhouse, image_tag, probe_base, project_spec,
 )
 from orchestrator.sandbox.container import connect, run_tests  # noqa: E402
@@ -55,14 +55,7 @@ def wired(client, tag: str) -> str:
     user = client.images.get(tag).attrs["Config"].get("User") or "0:0"
     files = {"Dockerfile": f"FROM {tag}\nUSER 0:0\nCOPY supervisor.py /opt/rsi/rsi_sandbox/supervisor.py\n"
                            f"USER {user}\n".encode(), "supervisor.py": src.replace(OLD_ENV, NEW_ENV).encode()}
-    buf = io.BytesIO()
-    import tarfile
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), 0o644
-            tar.addfile(info, io.BytesIO(data))
-    buf.seek(0)
+    buf = _tar(files, [])  # the build context, as the derived image's own is made
     out = tag.replace("rsi-project-", "rsi-bench-wired-", 1)
     client.images.build(fileobj=buf, custom_context=True, tag=out, rm=True, network_mode="none")
     return out

@@ -12,7 +12,6 @@ from pathlib import Path
 
 from orchestrator.agent.loop import Loop
 from orchestrator.agent.tasks import Task
-from orchestrator.config import RunConfig
 from orchestrator.models.backends import ReplayBackend
 from orchestrator.sandbox.container import JudgedResult, SandboxResult
 from orchestrator.sandbox.fake import FakeSandbox
@@ -20,14 +19,13 @@ from orchestrator.sandbox.interface import use
 from orchestrator.store.audit import read_events, verify
 from orchestrator.training.burst import BurstResult
 from tests.conftest import write_tree
+from tests.test_loop import EMPTY_TEST, GOOD_TEST, config, gen_reply, patch, samples  # the docker tests' helpers
 
 BUGGY = "def add(a, b):\n    if a < 0:\n        return 0\n    return a + b\n"
 OVERFIT = "def add(a, b):\n    return 5 if (a, b) == (2, 3) else 0\n"
 HONEST = "def add(a, b):\n    return a + b\n"
 VISIBLE = "from example import add\n\ndef test_add():\n    assert add(2, 3) == 5\n"
 HIDDEN = "from example import add\n\ndef test_negative():\n    assert add(-1, -2) == -3\n"
-GOOD_TEST = "from example import add\n\n\ndef test_gen_add_zero():\n    assert add(0, 7) == 7\n"
-EMPTY_TEST = "def test_gen_nothing():\n    assert True\n"
 
 
 def run_test_functions(source: str, module_source: str, prefix: str) -> list[dict]:
@@ -73,35 +71,14 @@ def in_process(stage: Path, judge: dict | None) -> SandboxResult:
     return SandboxResult(**phase(visible), judged=judged)
 
 
-def patch(content, path="example.py"):
-    return {"phase": "patch", "reply": json.dumps({"rationale": "r", "edits": [{"path": path, "content": content}]})}
-
-
-def gen_reply(content, path):
-    return {"phase": "tests", "reply": json.dumps({"rationale": "r", "tests": [{"path": path, "content": content}]})}
-
-
 def replay(path: Path, lines: list[dict]) -> ReplayBackend:
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     return ReplayBackend(path)
 
 
-def config(**run):
-    cfg = RunConfig.load()
-    cfg.run.backend, cfg.run.train_every = "replay", 0
-    for k, v in run.items():
-        setattr(cfg.run, k, v)
-    return cfg
-
-
 def task(tmp_path: Path) -> Task:
     src = write_tree(tmp_path / "task", {"example.py": BUGGY, "test_example.py": VISIBLE})
     return Task(id="custom", source_dir=src, hidden_tests={"test_hidden_add.py": HIDDEN})
-
-
-def samples(run_dir: Path) -> list[dict]:
-    path = run_dir / "samples.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def test_overfit_is_reverted_the_honest_fix_kept_and_only_it_archived(tmp_path):

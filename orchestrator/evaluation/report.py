@@ -16,15 +16,76 @@ from orchestrator.training.adapters import Registry
 from orchestrator.training.gate import cached_summaries
 
 
-def _save(fig, ax, run_dir: Path, name: str, title: str, made: list[str]) -> None:
+def gate_tables(adapters: list, heldout: list[tuple[str, dict]]) -> list[str]:
+    """The report's markdown tables of the promotion gate: each adapter's comparison, then held-out
+    pass@1 per model (empty when there is none)."""
+    lines = []
+    if adapters:
+        lines += ["", "## Adapters (the promotion gate)", "",
+                  "| id | parent | samples | pass@1 | parent pass@1 | difference (95% CI) | decision |",
+                  "|---|---|---|---|---|---|---|"]
+        for m in adapters:
+            c = m.comparison
+            diff = (f"{c['difference']:+.3f} ({c['ci95'][0]:+.3f} to {c['ci95'][1]:+.3f})" if c else "-")
+            score = "-" if m.score is None else f"{m.score:.3f}"
+            parent = "-" if m.parent_score is None else f"{m.parent_score:.3f}"
+            lines.append(f"| {m.id} | {m.parent or 'base'} | {m.samples} | {score} | {parent} | {diff} | "
+                         f"{m.decision.split(':', 1)[0] or '-'} |")
+    if heldout:
+        lines += ["", "## Held-out pass@1 per model", "", "| model | problems | pass@1 | 95% CI |", "|---|---|---|---|"]
+        for model, s in heldout:
+            lines.append(f"| {model} | {s['problems']} | {s['pass@1']:.3f} | {s['ci95'][0]:.3f}-{s['ci95'][1]:.3f} |")
+    return lines
+
+
+def heldout_plot(heldout: list[tuple[str, dict]], adapters: list, run_dir: Path, made: list[str],
+                 what: str) -> None:
+    """Held-out pass@1 with its 95% interval per model: base, promoted adapters, adapters kept only."""
+    import matplotlib.pyplot as plt
+
+    if not heldout:
+        return
+    promoted = {m.id: m.promoted for m in adapters}
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for x, (model, s) in enumerate(heldout):
+        lo, hi = s["ci95"]
+        color = "tab:blue" if model == "base" else ("tab:green" if promoted.get(model) else "tab:red")
+        ax.errorbar([x], [s["pass@1"]], yerr=[[s["pass@1"] - lo], [hi - s["pass@1"]]], fmt="o", capsize=5,
+                    color=color)
+    ax.set_xticks(range(len(heldout)), [m for m, _ in heldout])
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_ylabel("pass@1 (95% CI)")
+    ax.plot([], [], "o", color="tab:green", label="promoted")
+    ax.plot([], [], "o", color="tab:red", label="kept, not promoted")
+    save_plot(fig, ax, run_dir, "report_heldout.png", f"Held-out pass@1 per model ({heldout[0][1]['problems']} {what})",
+              made)
+
+
+def save_plot(fig, ax, run_dir: Path, name: str, title: str, made: list[str]) -> None:
     import matplotlib.pyplot as plt
 
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(run_dir / name, dpi=110)
     plt.close(fig)
     made.append(name)
+
+
+def loss_plot(events: list[dict], run_dir: Path, made: list[str], unit: str) -> None:
+    """Training loss per burst (``adapter_trained`` events), each labelled by its ``unit`` (iteration, round)."""
+    import matplotlib.pyplot as plt
+
+    bursts = [e for e in events if e.get("event") == "adapter_trained"]
+    if not bursts:
+        return
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for e in bursts:
+        ax.plot(range(1, len(e["losses"]) + 1), e["losses"], label=f"{e['adapter']} ({unit} {e['iteration']})")
+    ax.set_xlabel("logged step")
+    ax.set_ylabel("training loss")
+    save_plot(fig, ax, run_dir, "report_loss.png", "Training loss per burst", made)
 
 
 def _plots(run_dir: Path, state: AgentState, events: list[dict], heldout: list[tuple[str, dict]],
@@ -50,33 +111,12 @@ def _plots(run_dir: Path, state: AgentState, events: list[dict], heldout: list[t
     ax.set_ylabel("tests")
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    _save(fig, ax, run_dir, "report_reward.png", f"Reward per iteration - stop: {state.stop_reason or 'running'}",
-          made)
+    save_plot(fig, ax, run_dir, "report_reward.png", f"Reward per iteration - stop: {state.stop_reason or 'running'}",
+              made)
 
-    bursts = [e for e in events if e.get("event") == "adapter_trained"]
-    if bursts:
-        fig, ax = plt.subplots(figsize=(7, 3.5))
-        for e in bursts:
-            ax.plot(range(1, len(e["losses"]) + 1), e["losses"], label=f"{e['adapter']} (iteration {e['iteration']})")
-        ax.set_xlabel("logged step")
-        ax.set_ylabel("training loss")
-        _save(fig, ax, run_dir, "report_loss.png", "Training loss per burst", made)
+    loss_plot(events, run_dir, made, "iteration")
 
-    if heldout:
-        promoted = {m.id: m.promoted for m in adapters}
-        fig, ax = plt.subplots(figsize=(7, 3.5))
-        for x, (model, s) in enumerate(heldout):
-            lo, hi = s["ci95"]
-            color = "tab:blue" if model == "base" else ("tab:green" if promoted.get(model) else "tab:red")
-            ax.errorbar([x], [s["pass@1"]], yerr=[[s["pass@1"] - lo], [hi - s["pass@1"]]], fmt="o", capsize=5,
-                        color=color, label=None)
-        ax.set_xticks(range(len(heldout)), [m for m, _ in heldout])
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_ylabel("pass@1 (95% CI)")
-        ax.plot([], [], "o", color="tab:green", label="promoted")
-        ax.plot([], [], "o", color="tab:red", label="kept, not promoted")
-        problems = heldout[0][1]["problems"]
-        _save(fig, ax, run_dir, "report_heldout.png", f"Held-out pass@1 per model ({problems} problems)", made)
+    heldout_plot(heldout, adapters, run_dir, made, "problems")
     return made
 
 
@@ -99,7 +139,7 @@ def _telemetry_plot(run_dir: Path, telemetry: dict) -> list[str]:
     ax.set_ylabel("count")
     ax.legend(fontsize=8)
     made: list[str] = []
-    _save(fig, ax, run_dir, "report_hacking.png", "Reward-hacking telemetry", made)
+    save_plot(fig, ax, run_dir, "report_hacking.png", "Reward-hacking telemetry", made)
     return made
 
 
@@ -130,21 +170,7 @@ def write_report(run_dir: Path) -> Path:
         lines.append(f"| {r.iteration} | {r.reward if r.reward is not None else '-'} | {r.verdict or '-'} | "
                      f"{'yes' if r.improved else 'no'} | {r.tests_accepted} | {r.samples_added} | {r.plateau} | "
                      f"{gen:.1f} | {other:.1f} |")
-    if adapters:
-        lines += ["", "## Adapters (the promotion gate)", "",
-                  "| id | parent | samples | pass@1 | parent pass@1 | difference (95% CI) | decision |",
-                  "|---|---|---|---|---|---|---|"]
-        for m in adapters:
-            c = m.comparison
-            diff = (f"{c['difference']:+.3f} ({c['ci95'][0]:+.3f} to {c['ci95'][1]:+.3f})" if c else "-")
-            score = "-" if m.score is None else f"{m.score:.3f}"
-            parent = "-" if m.parent_score is None else f"{m.parent_score:.3f}"
-            lines.append(f"| {m.id} | {m.parent or 'base'} | {m.samples} | {score} | {parent} | {diff} | "
-                         f"{m.decision.split(':', 1)[0] or '-'} |")
-    if heldout:
-        lines += ["", "## Held-out pass@1 per model", "", "| model | problems | pass@1 | 95% CI |", "|---|---|---|---|"]
-        for model, s in heldout:
-            lines.append(f"| {model} | {s['problems']} | {s['pass@1']:.3f} | {s['ci95'][0]:.3f}-{s['ci95'][1]:.3f} |")
+    lines += gate_tables(adapters, heldout)
     if state.train_plateau:
         lines += ["", f"Training bursts in a row without a held-out improvement beyond noise: {state.train_plateau}."]
     judged = sum(1 for e in events if e.get("event") == "sandbox_run" and e.get("purpose") == "evaluation"

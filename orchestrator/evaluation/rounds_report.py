@@ -11,21 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from orchestrator.agent.rounds import STATE_FILE, RoundsState
+from orchestrator.evaluation.report import gate_tables, heldout_plot, loss_plot, save_plot
 from orchestrator.store.audit import read_events, verify
 from orchestrator.training.adapters import Registry
 from orchestrator.training.gate import cached_summaries
-
-
-def _save(fig, ax, run_dir: Path, name: str, title: str, made: list[str]) -> None:
-    import matplotlib.pyplot as plt
-
-    ax.set_title(title, fontsize=9)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(run_dir / name, dpi=110)
-    plt.close(fig)
-    made.append(name)
 
 
 def _plots(run_dir: Path, state: RoundsState, events: list[dict], heldout, adapters) -> list[str]:
@@ -45,7 +34,7 @@ def _plots(run_dir: Path, state: RoundsState, events: list[dict], heldout, adapt
     ax.set_xticks(rounds)
     ax.set_xlabel("round")
     ax.set_ylabel("samples")
-    _save(fig, ax, run_dir, "report_samples.png", "Samples per round", made)
+    save_plot(fig, ax, run_dir, "report_samples.png", "Samples per round", made)
 
     fig, ax = plt.subplots(figsize=(7, 3.5))
     keys = sorted({k for r in state.rounds for k in r.hack_screen})
@@ -60,33 +49,12 @@ def _plots(run_dir: Path, state: RoundsState, events: list[dict], heldout, adapt
     ax.set_xticks(rounds)
     ax.set_xlabel("round")
     ax.set_ylabel("candidates")
-    _save(fig, ax, run_dir, "report_hack_screen.png", "Hack-screen counts per round (refused or not a clean verdict)",
-          made)
+    save_plot(fig, ax, run_dir, "report_hack_screen.png", "Hack-screen counts per round (refused or not a clean verdict)",
+              made)
 
-    if heldout:
-        promoted = {m.id: m.promoted for m in adapters}
-        fig, ax = plt.subplots(figsize=(7, 3.5))
-        for x, (model, s) in enumerate(heldout):
-            lo, hi = s["ci95"]
-            color = "tab:blue" if model == "base" else ("tab:green" if promoted.get(model) else "tab:red")
-            ax.errorbar([x], [s["pass@1"]], yerr=[[s["pass@1"] - lo], [hi - s["pass@1"]]], fmt="o", capsize=5,
-                        color=color)
-        ax.set_xticks(range(len(heldout)), [m for m, _ in heldout])
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_ylabel("pass@1 (95% CI)")
-        ax.plot([], [], "o", color="tab:green", label="promoted")
-        ax.plot([], [], "o", color="tab:red", label="kept, not promoted")
-        _save(fig, ax, run_dir, "report_heldout.png",
-              f"Held-out pass@1 per model ({heldout[0][1]['problems']} gate problems)", made)
+    heldout_plot(heldout, adapters, run_dir, made, "gate problems")
 
-    bursts = [e for e in events if e.get("event") == "adapter_trained"]
-    if bursts:
-        fig, ax = plt.subplots(figsize=(7, 3.5))
-        for e in bursts:
-            ax.plot(range(1, len(e["losses"]) + 1), e["losses"], label=f"{e['adapter']} (round {e['iteration']})")
-        ax.set_xlabel("logged step")
-        ax.set_ylabel("training loss")
-        _save(fig, ax, run_dir, "report_loss.png", "Training loss per burst", made)
+    loss_plot(events, run_dir, made, "round")
     return made
 
 
@@ -124,21 +92,7 @@ def write_rounds_report(run_dir: Path) -> Path:
     if refusals:
         lines += ["", "Refused candidates by reason (last attempt): "
                   + ", ".join(f"`{k}` {v}" for k, v in sorted(refusals.items(), key=lambda kv: -kv[1]))]
-    if adapters:
-        lines += ["", "## Adapters (the promotion gate)", "",
-                  "| id | parent | samples | pass@1 | parent pass@1 | difference (95% CI) | decision |",
-                  "|---|---|---|---|---|---|---|"]
-        for m in adapters:
-            c = m.comparison
-            diff = f"{c['difference']:+.3f} ({c['ci95'][0]:+.3f} to {c['ci95'][1]:+.3f})" if c else "-"
-            score = "-" if m.score is None else f"{m.score:.3f}"
-            parent = "-" if m.parent_score is None else f"{m.parent_score:.3f}"
-            lines.append(f"| {m.id} | {m.parent or 'base'} | {m.samples} | {score} | {parent} | {diff} | "
-                         f"{m.decision.split(':', 1)[0] or '-'} |")
-    if heldout:
-        lines += ["", "## Held-out pass@1 per model", "", "| model | problems | pass@1 | 95% CI |", "|---|---|---|---|"]
-        for model, s in heldout:
-            lines.append(f"| {model} | {s['problems']} | {s['pass@1']:.3f} | {s['ci95'][0]:.3f}-{s['ci95'][1]:.3f} |")
+    lines += gate_tables(adapters, heldout)
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     out = run_dir / "report.md"
     out.write_text("\n".join(lines) + "\n")

@@ -51,6 +51,15 @@ class Sandbox(ABC):
             timeout_s: float | None = None) -> SandboxResult:
         """Run the workspace's tests once and return the host's grade of the evidence."""
 
+    def inputs(self, workspace: Path | str, limits: SandboxLimits | None,
+               timeout_s: float | None) -> tuple[Path, SandboxLimits, float]:
+        """A run's inputs with this provider's defaults; a workspace that is not a directory is one line."""
+        limits = limits or self.limits
+        workspace = Path(workspace)
+        if not workspace.is_dir():
+            raise InfraError(f"workspace {workspace} is not a directory")
+        return workspace, limits, float(timeout_s or limits.timeout_s)
+
     def __enter__(self) -> "Sandbox":
         return self.start()
 

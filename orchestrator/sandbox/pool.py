@@ -281,11 +281,7 @@ class DockerPool(Sandbox):
     # -- a run -----------------------------------------------------------------------------------
     def run(self, workspace: Path | str, limits: SandboxLimits | None = None, overlay=None, exclude=None,
             judge=None, timeout_s: float | None = None) -> SandboxResult:
-        limits = limits or self.limits
-        timeout_s = float(timeout_s or limits.timeout_s)
-        workspace = Path(workspace)
-        if not workspace.is_dir():
-            raise InfraError(f"workspace {workspace} is not a directory")
+        workspace, limits, timeout_s = self.inputs(workspace, limits, timeout_s)
         if not self._started:
             self.start()
         started = time.monotonic()

@@ -124,11 +124,7 @@ class RaySandbox(Sandbox):
         import ray
         from ray.exceptions import GetTimeoutError, RayError
 
-        limits = limits or self.limits
-        timeout_s = float(timeout_s or limits.timeout_s)
-        workspace = Path(workspace)
-        if not workspace.is_dir():
-            raise InfraError(f"workspace {workspace} is not a directory")
+        workspace, limits, timeout_s = self.inputs(workspace, limits, timeout_s)
         self.start()
         started = time.monotonic()
         stage = Path(tempfile.mkdtemp(prefix="rsi-ray-stage-"))
