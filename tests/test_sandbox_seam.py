@@ -157,3 +157,21 @@ def test_grading_code_runs_on_the_fake_provider_without_docker(tmp_path):
 def test_ray_provider_with_nothing_at_the_address_is_one_clear_line():
     with pytest.raises(InfraError, match="cannot join the Ray cluster at 127.0.0.1:1 .nothing answers"):
         create("ray", SandboxLimits(provider="ray", ray_address="127.0.0.1:1")).start()
+
+
+def test_verdicts_are_typed_by_the_grader():
+    """A result's verdict is one of the grader's five words (typed, validated): a provider or a fake that
+    says anything else is refused where the result is built, not compared as a stray string later."""
+    import typing
+
+    from pydantic import ValidationError
+
+    from orchestrator.sandbox.container import JudgedResult, Verdict
+    from orchestrator.sandbox.runner.grader import VERDICTS
+
+    assert typing.get_args(Verdict) == VERDICTS == ("pass", "fail", "error", "timeout", "tampered")
+    for bad in ("passed", "PASS", "infra", ""):
+        with pytest.raises(ValidationError):
+            SandboxResult(verdict=bad)
+        with pytest.raises(ValidationError):
+            JudgedResult(verdict=bad)

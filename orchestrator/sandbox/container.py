@@ -28,6 +28,7 @@ import time
 import tomllib
 import zlib
 from pathlib import Path
+from typing import Literal
 
 import docker
 import requests
@@ -39,7 +40,7 @@ from orchestrator.sandbox import evidence
 from orchestrator.sandbox.runner.baseline import rebase
 from orchestrator.sandbox.runner.codec import CodecError
 from orchestrator.sandbox.runner.codec import loads as bounded_loads
-from orchestrator.sandbox.runner.grader import grade
+from orchestrator.sandbox.runner.grader import VERDICTS, grade
 from orchestrator.sandbox.runner.supervisor import FRAME_TAG
 from orchestrator.sandbox.runner.testpaths import resolve as resolve_testpaths
 from orchestrator.sandbox.runner.testpaths import within
@@ -108,10 +109,13 @@ class SandboxLimits(BaseModel):
         return cls(**data)
 
 
+Verdict = Literal[VERDICTS]  # pass, fail, error, timeout, tampered: the grader's (runner/grader.py)
+
+
 class PhaseResult(BaseModel):
     """One graded phase of a run (the fields the grader returns)."""
 
-    verdict: str
+    verdict: Verdict
     passed: int = 0
     failed: int = 0
     errors: int = 0
