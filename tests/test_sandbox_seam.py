@@ -1,4 +1,4 @@
-"""The sandbox seam (orchestrator/sandbox/interface): providers by name, dispatch from run_tests, the fake.
+"""The sandbox seam (orchestrator/sandbox/interface.py): providers by name, dispatch from run_tests, the fake.
 
 Fast unit tests, no Docker: the real providers have their integration tests
 (test_sandbox_hostile.py, test_sandbox_pool.py, test_sandbox_ray.py)."""

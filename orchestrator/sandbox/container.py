@@ -87,7 +87,7 @@ class SandboxLimits(BaseModel):
     max_report_bytes: int = Field(48 * 1024 * 1024, ge=1024)
     max_workspace_bytes: int = Field(256 * 1024 * 1024, ge=1024)
     runtime: str = ""
-    # Where runs go (orchestrator/sandbox/interface): "docker" (one fresh container per run), "docker-pool"
+    # Where runs go (orchestrator/sandbox/interface.py): "docker" (one fresh container per run), "docker-pool"
     # (pre-started single-use containers), "ray" (Ray tasks on a cluster's nodes), "fake" (unit tests).
     provider: str = "docker"
     pool_size: int = Field(0, ge=0)          # warm containers kept by docker-pool; 0 = from cores and memory
