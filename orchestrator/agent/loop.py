@@ -35,9 +35,9 @@ from rich.markup import escape
 from orchestrator.agent.mutation import mutants
 from orchestrator.agent.plateau import is_improvement, stop_reason
 from orchestrator.agent.state import AgentState, state_path
-from orchestrator.agent.tasks import Task, protected_files
+from orchestrator.agent.tasks import Task, hold_back, protected_files
 from orchestrator.config import RunConfig
-from orchestrator.evaluation.grading import SCORING_VERDICTS, run_judged, verified
+from orchestrator.evaluation.grading import SCORING_VERDICTS, archivable, run_judged
 from orchestrator.evaluation.grading import reward as count_reward
 from orchestrator.models.backends import Backend, ReplayExhausted
 from orchestrator.protocol import prompts
@@ -84,30 +84,51 @@ class Loop:
         self.policy.protected = list(self.state.protected)
         self.hidden = self._hidden()
         self.judge_visible = self._judge_visible()
+        # A run whose tests are all visible archives nothing (grading.archivable): a pass of tests
+        # the candidate can read cannot be told from a reply that reads them.
+        self.archive_off = None if self.hidden else (
+            "archive off: this workspace has no hidden tests and none of its visible tests could be held "
+            "back, so a pass cannot be told from a reply that reads the tests; nothing is archived")
 
     # ----- set-up -----
     def _start(self, task: Task) -> None:
         if self.run_dir.exists() and any(self.run_dir.iterdir()):
             raise RunError(f"{self.run_dir} is not empty; use --resume to continue a run")
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        run_id = f"{_now()}-{secrets.token_hex(3)}"
+        source = task.source_dir
+        # a workspace that brings no hidden tests: a seeded share of its judgeable visible test
+        # functions is held back, out of the prompt and out of the container's workspace
+        task, held_back = hold_back(task, self.run_dir / "task-copy", seed=run_id)
         self.ws = Workspace.create(task.source_dir, self.run_dir / "workspace")
+        if held_back:
+            import shutil
+
+            shutil.rmtree(self.run_dir / "task-copy", ignore_errors=True)
+            task = task.model_copy(update={"source_dir": source})
+            self.console.print(f"held back {len(held_back)} visible test function(s) as hidden tests (judged out "
+                               f"of process, never shown): {escape(', '.join(held_back))}; a sample is archived "
+                               "only when they pass too")
         hidden = self.run_dir / "hidden"
         hidden.mkdir()
         for name, text in task.hidden_tests.items():
             (hidden / name).write_text(text)
         (self.run_dir / "run.json").write_text(json.dumps(
-            {"task": task.model_dump(mode="json"), "config": self.config.model_dump(),
+            {"task": task.model_dump(mode="json"), "held_back": held_back, "config": self.config.model_dump(),
              "backend": self.backend.name, "model": self.backend.model_id}, indent=2))
         protected = protected_files(self.ws.path)
         self.state = AgentState(
-            run_id=f"{_now()}-{secrets.token_hex(3)}", task_id=task.id, backend=self.backend.name,
+            run_id=run_id, task_id=task.id, backend=self.backend.name,
             model_id=self.backend.model_id, head_commit=self.ws.head(), best_commit=self.ws.head(),
             protected=self.ws.hash_files(protected), current_adapter=self.backend.adapter_id)
         self.audit = AuditLog(self.run_dir / "audit.jsonl")
         self.archive = Archive(self.run_dir / "samples.jsonl")
         self.audit.append("run_started", run_id=self.state.run_id, task=task.id, backend=self.backend.name,
                           model=self.backend.model_id, protected=self.state.protected,
-                          hidden_tests=sorted(task.hidden_tests), config=self.config.model_dump())
+                          hidden_tests=sorted(task.hidden_tests), held_back=held_back,
+                          config=self.config.model_dump())
+        if not task.hidden_tests:
+            self.audit.append("archive_off", reason="no hidden tests; none of the visible tests could be held back")
         self._save()
 
     def _resume(self) -> None:
@@ -242,6 +263,8 @@ class Loop:
                                    f"({len(self.hidden)} hidden file(s)"
                                    f"{' + the protected visible tests' if self.judge_visible else ''}); "
                                    "in-process results are feedback")
+        if self.archive_off:
+            self.console.print(f"[bold yellow]{self.archive_off}[/]")
 
     def step_patch(self) -> None:
         s = self.state
@@ -270,7 +293,8 @@ class Loop:
             if improved:
                 s.best_reward, s.best_commit = reward, self.ws.head()
                 s.files_modified = sorted(set(s.files_modified) | {e.path for e in applied.decision.edits})
-                if verified(result):  # only a fully passing evaluation (judged too) is archived
+                # archived only when fully passing and hidden tests (never seen) passed in the judge
+                if archivable(result):
                     with self._timed(rec.timings, "archive"):
                         rec.samples_added += self._archive(messages, reply, "patch", _digest(result),
                                                            applied.digest)
@@ -357,8 +381,9 @@ class Loop:
                 self.audit.append("tests_accepted", iteration=s.iteration, files=[e.path for e in edits],
                                   commit=commit)
                 s.best_commit = commit  # same code, more tests
-                with self._timed(rec.timings, "archive"):
-                    rec.samples_added += self._archive(messages, reply, "tests", commit, applied.digest)
+                if not self.archive_off:
+                    with self._timed(rec.timings, "archive"):
+                        rec.samples_added += self._archive(messages, reply, "tests", commit, applied.digest)
                 self._progress("tests", "[green]kept[/] " + escape(", ".join(e.path for e in edits)))
         else:
             rec.notes.append("no acceptable test reply")
@@ -393,6 +418,8 @@ class Loop:
                           iterations=s.iteration, samples=len(self.archive))
         self.console.print(f"[bold]stopped:[/] {s.stop_reason} · best reward {s.best_reward}/{s.max_reward} · "
                            f"{len(self.archive)} samples archived · run dir {self.run_dir}")
+        if self.archive_off:
+            self.console.print(f"[bold yellow]{self.archive_off}[/]")
         from orchestrator.store.audit import read_events
         from orchestrator.store.telemetry import hack_telemetry, line
 

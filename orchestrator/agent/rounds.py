@@ -42,9 +42,9 @@ from pydantic import BaseModel, Field
 from rich.console import Console
 
 from orchestrator.agent.mutation import mutants
-from orchestrator.agent.tasks import Task, protected_files
+from orchestrator.agent.tasks import Task, hold_back, protected_files
 from orchestrator.config import RunConfig
-from orchestrator.evaluation.grading import Attempt, run_judged, verified
+from orchestrator.evaluation.grading import Attempt, archivable, run_judged, verified
 from orchestrator.evaluation.humaneval import BATCHED_PROBLEMS
 from orchestrator.evaluation.suites import Suite, SuiteTask, load_suite, select_tasks
 from orchestrator.models.backends import Backend, ReplayExhausted
@@ -96,6 +96,8 @@ class TaskOutcome(BaseModel):
     generated: int = 0                # replies asked of the model (candidates + retries)
     tests_outcome: str | None = None  # the edge-case test phase, when on
     timings: dict[str, float] = {}
+    held_back: list[str] = []         # visible test functions held back as hidden tests (tasks.hold_back)
+    unjudged: bool = False            # no hidden tests at all: nothing from this task is archived
 
     @property
     def verified(self) -> int:
@@ -121,6 +123,7 @@ class RoundRecord(BaseModel):
     verified: int = 0
     generated: int = 0
     solved_tasks: int = 0             # tasks with at least one verified candidate
+    unjudged_tasks: int = 0           # tasks with no hidden tests: verified or not, never archived
     samples_added: int = 0            # new samples archived this round (after dedup)
     samples_total: int = 0
     tests_kept: int = 0               # edge-case test replies kept by the mutation gate (tests phase on)
@@ -408,7 +411,7 @@ class Rounds:
                 cand.evidence = result.evidence_id
                 cand.verified = is_verified(attempt)
                 _add(out.hack_screen, hack_screen_counts(decision, result))
-                if cand.verified:
+                if cand.verified and archivable(result):  # hidden tests it never saw passed too
                     st = self.tasks[task.id]
                     out.samples.append(Sample(messages=messages + [{"role": "assistant", "content": reply}],
                                               provenance={
@@ -422,7 +425,7 @@ class Rounds:
             if self.rc.tests_phase:  # the seed's edge-case test phase, on each solved task's first fix
                 first: dict[str, tuple] = {}
                 for p in pending:
-                    if p[1].verified and self.tasks[p[3].id].kind != "repo":  # a project's file: too long
+                    if p[1].verified and p[3].hidden_tests and self.tasks[p[3].id].kind != "repo":
                         first.setdefault(p[3].id, p)
                 for out, cand, ws, task, *_ in first.values():
                     t1 = time.perf_counter()
@@ -435,6 +438,11 @@ class Rounds:
     def _candidates(self, rnd: int, st: SuiteTask, scratch: Path):
         task: Task = st.task(self.run_dir / "tasks")
         out = TaskOutcome(task_id=st.id)
+        if not task.hidden_tests:  # every test visible: hold back a seeded share, else archive nothing
+            held_dir = self.run_dir / "tasks" / f"held-{_safe(st.id)}"
+            shutil.rmtree(held_dir, ignore_errors=True)
+            task, out.held_back = hold_back(task, held_dir, _seed(self.rc.seed, "hold", st.id))
+            out.unjudged = not task.hidden_tests
         base = Workspace.create(task.source_dir, scratch / _safe(st.id) / "prompt")
         protected = protected_files(base.path)
         policy = self.policy.model_copy(deep=True)
@@ -553,6 +561,7 @@ class Rounds:
         rec.verified += out.verified
         rec.generated += out.generated
         rec.solved_tasks += out.verified > 0
+        rec.unjudged_tasks += out.unjudged
         rec.samples_added += added
         rec.samples_total = len(self.archive)
         _add(rec.hack_screen, out.hack_screen)
@@ -565,7 +574,7 @@ class Rounds:
                           verdicts=[c.verdict for c in out.candidates],
                           evidence=[c.evidence for c in out.candidates],
                           rejections=[c.rejection for c in out.candidates if c.rejection],
-                          tests_phase=out.tests_outcome)
+                          tests_phase=out.tests_outcome, held_back=out.held_back, unjudged=out.unjudged)
         if out.tests_outcome and out.tests_outcome.startswith("kept"):
             rec.tests_kept += 1
 
@@ -617,6 +626,10 @@ class Rounds:
                 if rec.step == "train":
                     self.say(f"[bold]round {rec.round}[/]: {rec.verified}/{rec.candidates} candidates verified, "
                              f"{rec.samples_added} new samples ({len(self.archive)} in all)")
+                    if rec.unjudged_tasks:
+                        self.say(f"[bold yellow]archive off for {rec.unjudged_tasks} task(s)[/]: no hidden tests and "
+                                 "none of their visible tests could be held back, so a pass cannot be told from a "
+                                 "reply that reads the tests; nothing from them is archived")
                     self.apply_burst(rec, self.step_train(rec.round))
                     rec.step = "done"
                     self._save()

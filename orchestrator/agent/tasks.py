@@ -8,6 +8,7 @@ sandbox verdict.
 
 from __future__ import annotations
 
+import ast
 import fnmatch
 import os
 from pathlib import Path
@@ -66,6 +67,107 @@ def user_task(path: Path | str) -> Task:
     if not path.is_dir():
         raise FileNotFoundError(f"workspace {path} is not a directory")
     return Task(id=f"dir:{path.name}", source_dir=path)
+
+
+# ----- holding back visible tests (a workspace that brings no hidden tests) -----
+
+HOLD_BACK_SHARE = 3      # one qualifying test function in three (at least one) is held back
+HELD_BACK_FILE = "test_hidden_held_back.py"
+
+
+def _plain_expr(node: ast.AST, imported: set[str]) -> bool:
+    """Literals, literal containers, comparisons and boolean logic over them, and calls to a name
+    imported from the workspace with such arguments: what the judge can ask as plain data."""
+    if isinstance(node, ast.Constant):
+        return True
+    if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
+        return all(_plain_expr(e, imported) for e in node.elts)
+    if isinstance(node, ast.Dict):
+        return all(k is not None and _plain_expr(k, imported) for k in node.keys) and \
+            all(_plain_expr(v, imported) for v in node.values)
+    if isinstance(node, ast.UnaryOp):
+        return _plain_expr(node.operand, imported)
+    if isinstance(node, ast.Compare):
+        return all(_plain_expr(e, imported) for e in [node.left, *node.comparators])
+    if isinstance(node, ast.BoolOp):
+        return all(_plain_expr(e, imported) for e in node.values)
+    if isinstance(node, ast.Call):
+        return isinstance(node.func, ast.Name) and node.func.id in imported and \
+            all(not isinstance(a, ast.Starred) and _plain_expr(a, imported) for a in node.args) and \
+            all(k.arg is not None and _plain_expr(k.value, imported) for k in node.keywords)
+    return False
+
+
+def judgeable_tests(root: Path, rel: str) -> tuple[dict[str, str], list[str]]:
+    """({test name: its source}, import lines) for the top-level test functions of ``root/rel``
+    that the judge can run as they are: no arguments or decorators, a body of ``assert``s over
+    literals and calls (with literal arguments) to functions imported ``from M import f`` where M is
+    a top-level module of the workspace (the judge proxies those calls; only plain data crosses)."""
+    text = (root / rel).read_text(encoding="utf-8", errors="replace")
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, ValueError, RecursionError):
+        return {}, []
+    imported: set[str] = set()
+    imports = []
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and "." not in node.module \
+                and (root / f"{node.module}.py").is_file() and all(a.name != "*" for a in node.names):
+            imported |= {a.asname or a.name for a in node.names}
+            imports.append(ast.unparse(node))
+    out = {}
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name.startswith("test") and not node.decorator_list \
+                and not (node.args.args or node.args.posonlyargs or node.args.kwonlyargs or node.args.vararg
+                         or node.args.kwarg) \
+                and all(isinstance(st, ast.Assert) and st.msg is None and _plain_expr(st.test, imported)
+                        for st in node.body) \
+                and any(isinstance(n, ast.Call) for n in ast.walk(node)):
+            out[node.name] = ast.get_source_segment(text, node)
+    return out, imports
+
+
+def hold_back(task: Task, dest: Path, seed: int | str) -> tuple[Task, list[str]]:
+    """A workspace task with no hidden tests, with a seeded share of its judgeable visible test
+    functions (``judgeable_tests``) moved out of the workspace into a hidden test: (the task on a
+    copy at ``dest``, held back ``file::name``). The model's prompt and the container's workspace
+    hold the copy, so a reply that reads or hard-codes the visible tests fails the held-back ones.
+    Nothing is held back (the task unchanged, []) when no test qualifies or none would stay visible."""
+    import random
+
+    from orchestrator.evaluation.repo_tasks import trim_tests
+    from orchestrator.protocol.workspace import copy_source
+
+    if task.hidden_tests or not task.judge_visible:
+        return task, []
+    root = Path(task.source_dir)
+    candidates, imports, visible = [], {}, 0
+    for rel in protected_files(root):
+        name = rel.rsplit("/", 1)[-1]
+        if not (name.endswith(".py") and (name.startswith("test_") or name.endswith("_test.py"))):
+            continue
+        try:
+            tree = ast.parse((root / rel).read_text(encoding="utf-8", errors="replace"))
+        except (SyntaxError, ValueError, RecursionError):
+            continue
+        visible += sum(isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name.startswith("test")
+                       for n in ast.walk(tree))
+        if "/" in rel:  # the judge imports the workspace's top-level modules; a nested test may not
+            continue
+        found, lines = judgeable_tests(root, rel)
+        candidates += [(rel, fn, src) for fn, src in sorted(found.items())]
+        imports[rel] = lines
+    k = max(1, len(candidates) // HOLD_BACK_SHARE) if candidates else 0
+    if k == 0 or visible - k < 1:
+        return task, []
+    held = sorted(random.Random(str(seed)).sample(candidates, k))
+    copy_source(root, dest)
+    for rel, text in trim_tests(root, {f"{rel}::{fn}" for rel, fn, _ in held}).items():
+        (dest / rel).write_text(text, encoding="utf-8")
+    lines = sorted({line for rel, _, _ in held for line in imports[rel]})
+    body = "\n".join(lines) + "\n\n\n" + "\n\n\n".join(src for _, _, src in held) + "\n"
+    return (task.model_copy(update={"source_dir": dest, "hidden_tests": {HELD_BACK_FILE: body}}),
+            [f"{rel}::{fn}" for rel, fn, _ in held])
 
 
 def humaneval_problems() -> dict:

@@ -71,6 +71,20 @@ def verified(result: SandboxResult | None) -> bool:
         and result.judged.verdict == "pass" and result.judged.passed > 0
 
 
+def unseen_passed(result: SandboxResult | None) -> int:
+    """Judged tests from the task's hidden files (never in the prompt or the workspace) that passed."""
+    if not result or result.judged is None:
+        return 0
+    return sum(t["outcome"] == "passed" and t["nodeid"].startswith(f"{HIDDEN_DIR}/") for t in result.judged.tests)
+
+
+def archivable(result: SandboxResult | None) -> bool:
+    """Training data: ``verified``, and the judge ran hidden tests the candidate could neither see
+    nor read. While every test is visible no reward tells a fix from a reply that reads the tests
+    (or hard-codes their cases), so a pass of visible tests alone is never archived."""
+    return verified(result) and unseen_passed(result) > 0
+
+
 def run_judged(ws_path: Path, protected: list[str], hidden: dict[str, str], limits: SandboxLimits,
                judge_visible: bool = True, **kwargs) -> SandboxResult:
     """The one way to grade a workspace for the reward: visible tests in-process, judged tests

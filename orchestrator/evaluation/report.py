@@ -160,6 +160,10 @@ def write_report(run_dir: Path) -> Path:
         f"- iterations: {state.iteration}; best reward {state.best_reward}/{state.max_reward}; "
         f"samples archived: {state.samples}",
         f"- stop: **{state.stop_reason or 'not stopped (interrupted or running)'}**",
+        *[f"- **archive off**: {e.get('reason')} (every test was visible, so a pass cannot be told from a reply "
+          "that reads the tests; nothing from this run is archived)" for e in events if e.get("event") == "archive_off"],
+        *[f"- held back as hidden tests: {', '.join(e['held_back'])}" for e in events
+          if e.get("event") == "run_started" and e.get("held_back")],
         f"- audit log: {'intact' if check.ok else 'TAMPERED: ' + check.message} ({check.lines} lines)", "",
         "| iteration | reward | verdict | improved | tests kept | samples | plateau | generation s | other s |",
         "|---|---|---|---|---|---|---|---|---|",

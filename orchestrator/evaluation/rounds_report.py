@@ -73,6 +73,9 @@ def write_rounds_report(run_dir: Path) -> Path:
         f"- rounds: {len(state.rounds)}; replies generated: {state.generated}; samples archived: {state.samples}; "
         f"wall time {state.elapsed_s:.0f} s",
         f"- stop: **{state.stop_reason or 'not stopped (interrupted or running)'}**",
+        *([f"- **archive off** for {n} task attempt(s): no hidden tests and none of their visible tests could be "
+           "held back, so a pass cannot be told from a reply that reads the tests; nothing from them was archived"]
+          if (n := sum(r.unjudged_tasks for r in state.rounds)) else []),
         f"- audit log: {'intact' if check.ok else 'TAMPERED: ' + check.message} ({check.lines} lines)", "",
         "| round | tasks | solved | candidates | accepted | verified | new samples | samples | generated | "
         "hack screen | adapter | gate |",
