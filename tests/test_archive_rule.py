@@ -69,7 +69,7 @@ def _run(source: str, name: str, stage: Path) -> list[dict]:
         ns: dict = {}
         exec(compile(source, name, "exec"), ns)
         out = []
-        for fn_name, fn in ns.items():
+        for fn_name, fn in list(ns.items()):
             if fn_name.startswith("test") and callable(fn):
                 try:
                     fn()

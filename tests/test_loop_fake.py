@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+import traceback
 import types
 from pathlib import Path
 
@@ -42,10 +43,11 @@ def run_test_functions(source: str, module_source: str, prefix: str) -> list[dic
             if name.startswith("test_") and callable(fn):
                 try:
                     fn()
-                    outcome = "passed"
-                except Exception:  # noqa: BLE001 - a failing test
-                    outcome = "failed"
-                out.append({"nodeid": f"{prefix}::{name}", "outcome": outcome, "message": ""})
+                    outcome, message = "passed", ""
+                except Exception as exc:  # noqa: BLE001 - a failing test, with pytest's crash line
+                    where = traceback.extract_tb(exc.__traceback__)[-1]
+                    outcome, message = "failed", f"{where.filename}:{where.lineno}: {type(exc).__name__}"
+                out.append({"nodeid": f"{prefix}::{name}", "outcome": outcome, "message": message})
         return out
     finally:
         if saved is None:

@@ -140,7 +140,8 @@ def fake_run_tests(fixes):
         code = (overlay or {}).get("example.py") or (Path(workspace) / "example.py").read_text()
         ok = any(code.startswith(f) for f in fixes.values())
         names = [p.name for p in Path(workspace).glob("test_*.py")] + sorted(overlay or {})
-        tests = [{"nodeid": f"{n}::test_x", "outcome": "passed" if ok else "failed", "message": ""} for n in names]
+        tests = [{"nodeid": f"{n}::test_x", "outcome": "passed" if ok else "failed",
+                  "message": "" if ok else f"{n}:4: AssertionError"} for n in names]  # pytest's crash line
         judged = JudgedResult(verdict="pass" if ok else "fail", passed=2 if ok else 0, failed=0 if ok else 2,
                               tests=[{"nodeid": f"hidden/h.py::t{i}", "outcome": "passed" if ok else "failed"}
                                      for i in range(2)])

@@ -32,7 +32,7 @@ import structlog
 from rich.console import Console
 from rich.markup import escape
 
-from orchestrator.agent.mutation import mutants
+from orchestrator.agent.mutation import behavioural_kill, mutants
 from orchestrator.agent.plateau import is_improvement, stop_reason
 from orchestrator.agent.state import AgentState, state_path
 from orchestrator.agent.tasks import Task, hold_back, protected_files
@@ -329,16 +329,19 @@ class Loop:
                 tried += 1
                 outcome = run_tests(self.ws.path, limits=self.limits, overlay={**candidate, rel: mutant.source},
                                     exclude=others)
-                killed = outcome.verdict != "pass"
+                # a kill is a generated test's own assert failing on what the mutant returns; any
+                # other non-pass (a crash, an error, a timeout) is no evidence that it asserts anything
+                by = behavioural_kill(outcome, candidate)
+                killed = by is not None
                 self.audit.append("mutant_run", iteration=self.state.iteration, file=rel,
-                                  mutant=mutant.description, verdict=outcome.verdict, killed=killed)
+                                  mutant=mutant.description, verdict=outcome.verdict, killed=killed, by=by)
                 if killed:
                     return []
             if tried >= self.config.run.max_mutants:
                 break
         return [Rejection(stage="policy", code="asserts_nothing",
-                          detail=f"the new tests caught none of {tried} small mutants of the code; "
-                                 "assert on exact results")]
+                          detail=f"the new tests caught none of {tried} small mutants of the code by a "
+                                 "failing assert; assert on exact results")]
 
     def step_tests(self) -> None:
         s = self.state

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import re
 from dataclasses import dataclass
 
 _CMP_SWAP = {ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Eq: ast.NotEq,
@@ -96,3 +97,35 @@ def mutants(source: str, limit: int = 20) -> list[Mutant]:
         if len(out) >= limit:
             break
     return out
+
+
+_CRASH_LINE = re.compile(r"^(?P<path>.+):(?P<line>\d+): (?P<type>[\w.]+)$")
+
+
+def behavioural_kill(result, files: set[str] | list[str]) -> str | None:
+    """The generated test (one of ``files``) that killed a mutant *by an assertion about behaviour*,
+    or None. Any other non-pass is no kill: a tampered, error or timeout verdict, a test that errors
+    in setup, or a failure raised by anything but an ``AssertionError`` in the test file's own
+    ``assert`` (pytest's crash line, ``path:line: AssertionError``; where the sandbox's evidence is at
+    hand, its per-report ``raised`` type must say the same). A test that reads the code's text or the
+    filesystem is refused before it runs (hack_screen.screen_tests), and may not raise AssertionError
+    itself, so what is left to fail its own assert is what the code returns."""
+    if result is None or result.verdict != "fail":
+        return None
+    files = set(files)
+    raised = {}
+    for ev in ((getattr(result, "_evidence", None) or {}).get("events") or []):
+        if isinstance(ev, dict) and ev.get("e") == "report" and ev.get("when") == "call":
+            raised[ev.get("id")] = ev.get("raised")
+    for t in result.tests:
+        path = t["nodeid"].split("::", 1)[0]
+        if path not in files or t["outcome"] != "failed":
+            continue
+        lines = [line for line in (t.get("message") or "").strip().splitlines() if line.strip()]
+        m = _CRASH_LINE.match(lines[-1].strip()) if lines else None
+        if not m or m["type"] != "AssertionError" or m["path"] != path:
+            continue
+        if raised and raised.get(t["nodeid"]) != "AssertionError":
+            continue
+        return t["nodeid"]
+    return None

@@ -41,7 +41,7 @@ import structlog
 from pydantic import BaseModel, Field
 from rich.console import Console
 
-from orchestrator.agent.mutation import mutants
+from orchestrator.agent.mutation import behavioural_kill, mutants
 from orchestrator.agent.tasks import Task, hold_back, protected_files
 from orchestrator.config import RunConfig
 from orchestrator.evaluation.grading import Attempt, archivable, run_judged, verified
@@ -507,8 +507,8 @@ class Rounds:
         for rel in sources:
             for m in mutants(ws.read(rel) or "", limit=self.config.run.max_mutants - tried):
                 tried += 1
-                if run_tests(ws.path, limits=self.limits, overlay={**candidate, rel: m.source},
-                             exclude=set(protected)).verdict != "pass":
+                if behavioural_kill(run_tests(ws.path, limits=self.limits, overlay={**candidate, rel: m.source},
+                                              exclude=set(protected)), candidate) is not None:
                     out.tests_outcome = f"kept: killed a mutant ({m.description})"
                     out.samples.append(Sample(messages=messages + [{"role": "assistant", "content": reply}],
                                               provenance={

@@ -172,3 +172,105 @@ def screen(source: str) -> list[str]:
     except RecursionError:
         return ["line ?: nesting too deep to screen"]
     return s.findings[:10]
+
+
+# ----- generated tests (the tests phase) -----
+# A generated test is archived when it kills a mutant; it must kill it by what the code *does*. So
+# besides everything ``screen`` refuses, a test may not reach the code's text or the filesystem:
+# it imports only the workspace's modules and a few pure standard modules, touches no dunder
+# attribute (``__file__``, ``__code__``, ``__spec__``...), calls no builtin that opens, evaluates or
+# looks names up by string, raises no AssertionError of its own (the mutation gate counts a kill only
+# as an AssertionError of the test's own ``assert``, mutation.behavioural_kill), and takes no
+# filesystem or monkeypatching fixture.
+TEST_MODULES = {"pytest", "math", "cmath", "fractions", "decimal", "itertools", "functools", "operator",
+                "collections", "string", "re", "heapq", "bisect", "statistics", "copy", "typing", "dataclasses",
+                "enum", "numbers", "datetime"}
+TEST_BUILTINS = {"open", "exec", "eval", "compile", "getattr", "setattr", "delattr", "hasattr", "vars", "globals",
+                 "locals", "dir", "__import__", "breakpoint", "input", "help", "memoryview", "AssertionError",
+                 "__file__", "__spec__", "__loader__", "__builtins__", "__cached__", "__name__"}
+TEST_FIXTURES = {"tmp_path", "tmp_path_factory", "tmpdir", "tmpdir_factory", "monkeypatch", "request",
+                 "pytestconfig", "capsys", "capfd", "capsysbinary", "capfdbinary", "caplog", "recwarn",
+                 "record_property", "record_testsuite_property", "record_xml_attribute", "testdir", "pytester",
+                 "cache", "doctest_namespace", "subtests"}
+PYTEST_ATTRS = {"raises", "approx", "mark", "param", "parametrize", "fixture", "warns", "skip", "xfail",
+                "importorskip"}
+
+
+class _TestScreen(ast.NodeVisitor):
+    def __init__(self, modules: set[str]):
+        self.modules, self.findings = modules, []
+        self.pytest_names: set[str] = set()
+
+    def flag(self, node: ast.AST, what: str) -> None:
+        self.findings.append(f"line {getattr(node, 'lineno', '?')}: {what}")
+
+    def _module_ok(self, node: ast.AST, name: str) -> bool:
+        top = name.split(".")[0]
+        if top in self.modules or top in TEST_MODULES:
+            return True
+        self.flag(node, f"a generated test imports {name} (only the workspace's modules and "
+                        f"{', '.join(sorted(TEST_MODULES))})")
+        return False
+
+    def visit_Import(self, node: ast.Import) -> None:
+        for a in node.names:
+            if self._module_ok(node, a.name) and a.name.split(".")[0] == "pytest":
+                self.pytest_names.add(a.asname or "pytest")
+
+    def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+        if node.level:
+            self.flag(node, "a generated test uses a relative import")
+        elif self._module_ok(node, node.module or "") and (node.module or "").split(".")[0] == "pytest":
+            for a in node.names:
+                if a.name not in PYTEST_ATTRS:
+                    self.flag(node, f"a generated test imports pytest.{a.name}")
+        for a in node.names:
+            if a.name == "*" or a.name.startswith("__"):
+                self.flag(node, f"a generated test imports {a.name}")
+
+    def visit_Attribute(self, node: ast.Attribute) -> None:
+        if node.attr.startswith("__") or node.attr.startswith("_"):
+            self.flag(node, f"a generated test reads .{node.attr} (the code's internals, not its behaviour)")
+        if isinstance(node.value, ast.Name) and node.value.id in self.pytest_names and node.attr not in PYTEST_ATTRS:
+            self.flag(node, f"a generated test uses pytest.{node.attr}")
+        self.generic_visit(node)
+
+    def visit_Name(self, node: ast.Name) -> None:
+        if node.id in TEST_BUILTINS or node.id.startswith("__"):
+            self.flag(node, f"a generated test uses {node.id} (files, names by string or its own failures)")
+
+    def visit_Constant(self, node: ast.Constant) -> None:
+        if isinstance(node.value, str) and node.value.startswith("__") and node.value.endswith("__"):
+            self.flag(node, f"a generated test names {node.value!r} in a string")
+
+    def visit_Raise(self, node: ast.Raise) -> None:
+        self.flag(node, "a generated test raises its own exception (a kill must be an assert about behaviour)")
+        self.generic_visit(node)
+
+    def visit_Global(self, node: ast.Global) -> None:
+        self.flag(node, "a generated test keeps global state")
+
+    def _function(self, node) -> None:
+        for a in node.args.posonlyargs + node.args.args + node.args.kwonlyargs:
+            if a.arg in TEST_FIXTURES:
+                self.flag(node, f"a generated test takes the {a.arg} fixture (filesystem, patching or pytest's "
+                                "internals)")
+        self.generic_visit(node)
+
+    visit_FunctionDef = visit_AsyncFunctionDef = _function
+
+
+def screen_tests(source: str, modules: set[str] | frozenset[str] = frozenset()) -> list[str]:
+    """Findings for one generated test file: ``screen``'s (pytest itself allowed) and the tests-phase
+    rules above. ``modules``: the workspace's top-level module and package names it may import."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return []
+    base = [f for f in screen(source) if "reaches into pytest" not in f or "_pytest" in f]
+    s = _TestScreen(set(modules))
+    try:
+        s.visit(tree)
+    except RecursionError:
+        return ["line ?: nesting too deep to screen"]
+    return (base + s.findings)[:10]

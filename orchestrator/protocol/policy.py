@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from orchestrator.protocol.hack_screen import screen
+from orchestrator.protocol.hack_screen import screen, screen_tests
 from orchestrator.protocol.schema import FileEdit, Phase, Rejection, ReplyError, decode_bytes, parse_reply
 
 POLICIES_DIR = Path(os.environ.get("RSI_POLICIES", Path(__file__).resolve().parents[2] / "policies"))
@@ -255,6 +255,22 @@ def check_reply(reply: str | bytes, phase: Phase, workspace: Path | str, policy:
     return check_edits(parsed.files, phase, Path(workspace), policy, rationale=parsed.rationale)
 
 
+def workspace_modules(workspace: Path) -> set[str]:
+    """The workspace's importable top-level names (modules and packages, at its root or under src/)."""
+    out: set[str] = set()
+    for root in (workspace, workspace / "src"):
+        try:
+            entries = list(os.scandir(root))
+        except OSError:
+            continue
+        for e in entries:
+            if e.is_file(follow_symlinks=False) and e.name.endswith(".py") and e.name.isascii():
+                out.add(e.name[:-3])
+            elif e.is_dir(follow_symlinks=False) and os.path.isfile(os.path.join(e.path, "__init__.py")):
+                out.add(e.name)
+    return {m for m in out if m.isidentifier() and not m.startswith("test") and m != "conftest"}
+
+
 def check_edits(files: list[FileEdit], phase: Phase, workspace: Path, policy: Policy,
                 rationale: str = "") -> Decision:
     limits = policy.limits
@@ -289,6 +305,10 @@ def check_edits(files: list[FileEdit], phase: Phase, workspace: Path, policy: Po
             total += size
         if problem is None and phase == "patch" and policy.screen.enabled:
             found = screen(edit.content)
+            if found:
+                problem = _reject("hack_suspected", "; ".join(found)[:300], rel)
+        if problem is None and phase == "tests" and policy.screen.enabled:  # a generated test: same screen, stricter
+            found = screen_tests(edit.content, workspace_modules(workspace))
             if found:
                 problem = _reject("hack_suspected", "; ".join(found)[:300], rel)
         if problem is not None:
