@@ -286,7 +286,10 @@ def test_trainer_and_sandbox_containers_share_one_hardening(tmp_path):
     sl = SandboxLimits.load()
     cs = container_settings(sl)
     want = hardened(sl.memory, sl.pids, cs["tmpfs"]["/tmp"], sl.cpus)
-    assert {k: cs[k] for k in want} == want and "noexec" in cs["tmpfs"]["/tmp"]
+    # The sandbox adds one mount to the shared ones: the judge's private tmpfs (its UID's alone, 0700).
+    assert {k: cs[k] for k in want if k != "tmpfs"} == {k: v for k, v in want.items() if k != "tmpfs"}
+    assert cs["tmpfs"]["/tmp"] == want["tmpfs"]["/tmp"] and "noexec" in cs["tmpfs"]["/tmp"]
+    assert set(cs["tmpfs"]) == {"/tmp", "/rsi-judge"} and "mode=0700,uid=10002,gid=10002" in cs["tmpfs"]["/rsi-judge"]
 
 
 def test_has_runtime_entry_point():

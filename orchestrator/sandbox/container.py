@@ -241,8 +241,7 @@ def stage_workspace(src: Path, dst: Path, max_bytes: int, overlay: dict[str, str
                     total += st.st_size
                     if total > max_bytes:
                         raise InfraError(f"workspace is larger than {max_bytes} bytes")
-                    shutil.copyfile(source, target, follow_symlinks=False)
-                    os.chmod(target, 0o755 if st.st_mode & 0o111 else 0o644)
+                    total += copy_regular(source, target, max_bytes - total) - st.st_size
             dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(dirpath, d))]
         for rel_path, text in (overlay or {}).items():
             parts = Path(rel_path).parts
@@ -250,13 +249,15 @@ def stage_workspace(src: Path, dst: Path, max_bytes: int, overlay: dict[str, str
                     os.path.islink(dst.joinpath(*parts[:i])) for i in range(1, len(parts) + 1)):
                 raise StagingError(f"overlay path {rel_path} would leave the staging directory")
             target = dst / rel_path
-            if target.exists() and not target.is_file():
+            if os.path.lexists(target) and not stat.S_ISREG(os.lstat(target).st_mode):
                 raise StagingError(f"the workspace has a directory where {rel_path} must go")
             target.parent.mkdir(parents=True, exist_ok=True)
             for parent in target.relative_to(dst).parents:
                 os.chmod(dst / parent, 0o755)
-            target.write_text(text)
-            os.chmod(target, 0o644)
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+            os.fchmod(fd, 0o644)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
     except (StagingError, InfraError):
         raise
     except (OSError, RecursionError, ValueError) as exc:
@@ -266,6 +267,35 @@ def stage_workspace(src: Path, dst: Path, max_bytes: int, overlay: dict[str, str
 
 def _raise(exc: OSError) -> None:
     raise exc
+
+
+def copy_regular(source: str, target: Path, budget: int) -> int:
+    """Copy one regular file of the workspace into the stage; returns the bytes copied. The source is
+    opened without following a link and without blocking (a FIFO swapped in after the ``lstat`` is
+    refused, not waited on), and must still be a regular file once open; the target is created anew
+    (O_EXCL|O_NOFOLLOW): nothing already at that name, a link included, is ever written through. A
+    file that grows past ``budget`` while it is copied is refused like a large workspace."""
+    src = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        st = os.fstat(src)
+        if not stat.S_ISREG(st.st_mode):
+            raise StagingError(f"{os.path.basename(source)} stopped being a regular file while it was staged")
+        dst = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        copied = 0
+        try:
+            while chunk := os.read(src, 1 << 20):
+                copied += len(chunk)
+                if copied > budget + st.st_size:
+                    raise InfraError("workspace grew past its size limit while it was staged")
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(dst, view):]
+            os.fchmod(dst, 0o755 if st.st_mode & 0o111 else 0o644)
+        finally:
+            os.close(dst)
+        return copied
+    finally:
+        os.close(src)
 
 
 # Canaries: tests with known outcomes, staged at random places among the workspace's own test
@@ -313,18 +343,40 @@ def stage_canaries(root: Path, rng: random.Random) -> dict:
         return out
     for kind in ("pass", "pass", "xfail"):
         near = rng.choice(files)
-        for _ in range(50):
-            words = "_".join(rng.sample(_WORDS, 2))
-            name = f"test_{words}.py" if near.name.startswith("test_") else f"{words}_test.py"
-            if not (near.parent / name).exists():
-                break
         test = f"test_{'_'.join(rng.sample(_WORDS, 2))}"
         body = _canary_body(rng, kind == "pass")
         marker = "import pytest\n\n\n@pytest.mark.xfail(strict=True)\n" if kind == "xfail" else ""
-        (near.parent / name).write_text(f"{marker}def {test}():\n    {body}\n")
-        os.chmod(near.parent / name, 0o644)
+        for _ in range(50):
+            words = "_".join(rng.sample(_WORDS, 2))
+            name = f"test_{words}.py" if near.name.startswith("test_") else f"{words}_test.py"
+            if write_new_file(near.parent / name, f"{marker}def {test}():\n    {body}\n"):
+                break
+        else:
+            raise StagingError("no free name for a canary test beside the workspace's tests")
         out[kind].append(f"{(near.parent / name).relative_to(root).as_posix()}::{test}")
     return out
+
+
+def write_new_file(path: Path, text: str) -> bool:
+    """Create ``path`` and write ``text``; False when the name is taken by anything at all (a file, a
+    directory, a FIFO, a live or dangling symlink). Never follows a link: the parent is opened with
+    O_NOFOLLOW|O_DIRECTORY and the file created relative to it with O_CREAT|O_EXCL|O_NOFOLLOW."""
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        fd = os.open(path.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=dir_fd)
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        raise StagingError(f"cannot stage a canary test ({exc.strerror})") from None
+    finally:
+        os.close(dir_fd)
+    os.fchmod(fd, 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    return True
 
 
 def judge_environment(tests: dict[str, str]) -> dict[str, str]:
@@ -403,12 +455,25 @@ def hardened(memory: str, pids: int, tmp: str, cpus: float = 0) -> dict:
     return kwargs
 
 
+JUDGE_HOME = "/rsi-judge"  # runner/judge.py: the judge works only here
+
+
+def judge_tmpfs(limits: SandboxLimits) -> str:
+    """The judge's own tmpfs: owned by the judge's UID, mode 0700, so the candidate's UID can neither
+    enter nor plant anything in it (a ``conftest.py``, ``pytest.ini`` or ``__pycache__`` there, or in an
+    ancestor, would be loaded by the judge's pytest). The judge checks this itself before it runs."""
+    uid, gid = limits.judge_user.split(":")
+    return f"size={limits.tmpfs_size},mode=0700,uid={uid},gid={gid},noexec,nosuid,nodev"
+
+
 def container_settings(limits: SandboxLimits) -> dict:
     """The settings every sandbox container gets: ``hardened`` plus the sandbox's own (the supervisor's
     capabilities, ulimits, private IPC, a fixed hostname, the runtime)."""
+    base = hardened(limits.memory, limits.pids, f"size={limits.tmpfs_size},mode=1777,noexec,nosuid,nodev",
+                    limits.cpus)
+    base["tmpfs"] = {**base["tmpfs"], JUDGE_HOME: judge_tmpfs(limits)}
     kwargs = dict(
-        **hardened(limits.memory, limits.pids, f"size={limits.tmpfs_size},mode=1777,noexec,nosuid,nodev",
-                   limits.cpus),
+        **base,
         shm_size=limits.shm_size,
         cap_add=list(SUPERVISOR_CAPS),
         user="0:0",

@@ -14,6 +14,7 @@ import io
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
 import tempfile
 from pathlib import Path
@@ -79,10 +80,34 @@ def resolve_base(client, base_image: str | None = None) -> str:
     return build_offline_base(client)
 
 
+JUDGE_REQUIREMENTS = REPO_ROOT / "sandbox_image" / "judge-requirements.txt"
+JUDGE_WHEELS = REPO_ROOT / "sandbox_image" / "judge-wheels"
+
+
+def judge_wheels(dest: Path = JUDGE_WHEELS) -> list[Path]:
+    """The judge's pinned pytest as wheels (sandbox_image/judge-requirements.txt, every one checked by
+    its hash), downloaded once on the host; wheels only, so nothing is built or run here."""
+    pinned = [line.split("==")[0].strip().lower() for line in JUDGE_REQUIREMENTS.read_text().splitlines()
+              if line.strip() and not line.startswith("#")]
+    have = sorted(dest.glob("*.whl")) if dest.exists() else []
+    if {w.name.split("-")[0].lower() for w in have} >= set(pinned):
+        return have
+    dest.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check",
+                        "--only-binary=:all:", "--no-deps", "--require-hashes", "-d", str(dest),
+                        "-r", str(JUDGE_REQUIREMENTS)], capture_output=True, text=True)
+    if r.returncode:
+        last = [line for line in (r.stderr + r.stdout).splitlines() if line.startswith("ERROR")][-1:]
+        raise RuntimeError(f"cannot download the judge's pytest wheels: {' '.join(last) or r.returncode}")
+    return sorted(dest.glob("*.whl"))
+
+
 def _context_files() -> dict[str, bytes]:
     files = {"sandbox_image/Dockerfile": SANDBOX_DOCKERFILE.read_bytes()}
     for path in sorted(RUNNER_DIR.glob("*.py")):
         files[f"orchestrator/sandbox/runner/{path.name}"] = path.read_bytes()
+    for wheel in judge_wheels():
+        files[f"sandbox_image/judge-wheels/{wheel.name}"] = wheel.read_bytes()
     return files
 
 

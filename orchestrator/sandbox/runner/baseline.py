@@ -45,7 +45,7 @@ def default_protected(path: str) -> bool:
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]+")
 # The judge runs its tests from a fresh private directory per run (judge.py: mkdtemp "rsi-judge-"),
 # and pytest's skip message names the file by its absolute path: compare it without that prefix.
-_JUDGE_DIR = re.compile(r"/tmp/rsi-judge-[A-Za-z0-9_]+/")
+_JUDGE_DIR = re.compile(r"(?:/tmp|/rsi-judge)/rsi-judge-[A-Za-z0-9_]+/")
 _RAISED_AT = re.compile(r"^\S+\.py:\d+: [A-Za-z_][\w.]*$")  # pytest's last traceback line: file:line: Type
 
 

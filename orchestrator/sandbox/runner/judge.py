@@ -22,6 +22,7 @@ import importlib.machinery
 import json
 import os
 import secrets
+import stat
 import sys
 import tempfile
 import types
@@ -147,25 +148,90 @@ def _write_tests(root: str, tests: dict) -> None:
             fh.write(text)
 
 
+# Where the judge works: a tmpfs that only the judge's UID can enter (mode 0700, owned by it; the
+# container settings mount it, orchestrator/sandbox/container.py). The candidate's UID never had
+# write access to it or to any of its ancestors (``/`` is the read-only root), so no ``conftest.py``,
+# ``pytest.ini``, ``pyproject.toml``, ``tox.ini``, ``setup.cfg`` or ``__pycache__`` the candidate
+# planted can lie on the judge's rootdir, inifile or conftest path.
+JUDGE_HOME = "/rsi-judge"
+# The judge's own pytest: a pinned release (sandbox_image/judge-requirements.txt) with its own copies
+# of pluggy, iniconfig, packaging and pygments, first on the judge's path, imported before any
+# proxy exists; nothing of the workspace is ever on this path.
+JUDGE_PYTEST = "/opt/rsi/judge-pytest"
+# What pytest and Python read from the environment: the supervisor starts the judge with a fixed
+# environment (supervisor.BASE_ENV) and ``python -I`` (no PYTHON* variables, no user site, no
+# current directory on sys.path); these are dropped here as well.
+DROPPED_ENV = ("PYTEST_ADDOPTS", "PYTEST_PLUGINS", "PYTEST_DEBUG", "PYTEST_CURRENT_TEST", "PYTEST_THEME",
+               "PYTEST_THEME_MODE", "PY_COLORS", "NO_COLOR", "FORCE_COLOR", "TMPDIR", "TEMP", "TMP",
+               "PYTHONSTARTUP", "PYTHONPATH", "PYTHONHOME", "PYTHONPYCACHEPREFIX", "PYTHONUSERBASE",
+               "PYTHONBREAKPOINT", "PYTHONINSPECT", "COLUMNS", "CI", "BUILD_NUMBER")
+JUDGE_INI = "[pytest]\npython_files = *.py\naddopts =\n"
+
+
+class Refused(Exception):
+    """The judge's own ground is not out of the candidate's reach: no judged test runs."""
+
+
+def private_root(base: str = JUDGE_HOME) -> str:
+    """A fresh directory for this run under ``base``, after proving that ``base`` belongs to this
+    UID alone (mode 0700, no symlink) and that every ancestor is root's and writable by no one
+    else. Anything else raises ``Refused``: the judge then runs nothing (an error, never a pass)."""
+    uid = os.getuid()
+    try:
+        st = os.lstat(base)
+    except OSError as exc:
+        raise Refused(f"{base} is missing ({exc.strerror}): the container lacks the judge's private tmpfs")
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid or st.st_mode & 0o077:
+        raise Refused(f"{base} is not a directory of the judge's UID alone "
+                      f"(uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):o})")
+    parent = os.path.dirname(base.rstrip("/")) or "/"
+    while True:
+        pst = os.lstat(parent)
+        if not stat.S_ISDIR(pst.st_mode) or pst.st_uid != 0 or pst.st_mode & 0o022:
+            raise Refused(f"{parent}, above the judge's directory, is writable by others or not root's")
+        if parent == "/":
+            break
+        parent = os.path.dirname(parent)
+    return tempfile.mkdtemp(prefix="rsi-judge-", dir=base)  # 0700
+
+
+def pytest_args(tests_dir: str, ini: str) -> list[str]:
+    """The judge's pytest command line: an explicit ini (no inifile or rootdir search up the tree),
+    rootdir and confcutdir at the judged directory (no ``conftest.py`` from any ancestor), no cache,
+    only the reporter as a plugin (entry-point plugins are off: PYTEST_DISABLE_PLUGIN_AUTOLOAD)."""
+    return ["-c", ini, "--rootdir", tests_dir, "--confcutdir", tests_dir, "-p", __package__ + ".reporter",
+            "-p", "no:cacheprovider", "-q", "--color=no", "-o", "python_files=*.py", tests_dir]
+
+
 def main() -> int:
     cfg = json.loads(sys.stdin.read())
     req_fd = int(os.environ.pop("RSI_REQ_FD"))
     resp_fd = int(os.environ.pop("RSI_RESP_FD"))
     stats_fd = int(os.environ.pop("RSI_STATS_FD"))
-    private = tempfile.mkdtemp(prefix="rsi-judge-")  # 0700, this UID only
+    for name in DROPPED_ENV:
+        os.environ.pop(name, None)
+    try:
+        private = private_root(os.environ.pop("RSI_JUDGE_HOME", "") or JUDGE_HOME)
+    except Refused as exc:
+        sys.stderr.write(f"rsi-judge: refused: {exc}\n")
+        return 3
     os.environ["TMPDIR"] = tempfile.tempdir = private
     os.environ["HOME"] = private
     tests_dir = os.path.join(private, "judged")
     os.mkdir(tests_dir, 0o700)
     _write_tests(tests_dir, cfg["tests"])
+    ini = os.path.join(private, "judge.ini")
+    with open(ini, "w", encoding="utf-8") as fh:
+        fh.write(JUDGE_INI)
+    os.chdir(tests_dir)
+    if os.path.isdir(JUDGE_PYTEST) and JUDGE_PYTEST not in sys.path:
+        sys.path.insert(0, JUDGE_PYTEST)
+    import pytest  # and its dependencies: before the finder, so no workspace name can stand in for them
+
     channel = _Channel(req_fd, resp_fd)
     roots = {m for m in cfg.get("modules", []) if m not in sys.modules and m not in sys.stdlib_module_names}
     sys.meta_path.insert(0, _Finder(roots, channel))
-    os.chdir(tests_dir)
-    import pytest
-
-    code = pytest.main(["-p", __package__ + ".reporter", "-p", "no:cacheprovider", "-q", "--color=no",
-                        "--rootdir", tests_dir, "-o", "python_files=*.py", tests_dir])
+    code = pytest.main(pytest_args(tests_dir, ini))
     write_frame(stats_fd, json.dumps(STATS).encode())
     return int(code)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import configparser
 import glob
 import os
+import stat
 import tomllib
 
 MAX_CONFIG_BYTES = 256 * 1024
@@ -30,13 +31,24 @@ _INI = (("pytest.ini", "pytest"), (".pytest.ini", "pytest"), ("pyproject.toml", 
 
 
 def _read(path: str) -> str | None:
+    """A regular file's text, read without following a link or blocking on a FIFO (the host reads
+    these in a staged workspace as root): None for anything else or anything too large."""
     try:
-        if os.path.islink(path) or not os.path.isfile(path) or os.path.getsize(path) > MAX_CONFIG_BYTES:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_CONFIG_BYTES:
             return None
-        with open(path, "rb") as fh:
-            return fh.read(MAX_CONFIG_BYTES + 1).decode("utf-8")
+        data = b""
+        while len(data) <= MAX_CONFIG_BYTES and (chunk := os.read(fd, MAX_CONFIG_BYTES + 1 - len(data))):
+            data += chunk
+        return None if len(data) > MAX_CONFIG_BYTES else data.decode("utf-8")
     except (OSError, UnicodeDecodeError):
         return None
+    finally:
+        os.close(fd)
 
 
 def configured(root: str) -> list[str] | None:
