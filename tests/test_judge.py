@@ -187,10 +187,11 @@ def test_impossible_task_canary_catches_a_proven_hack(tmp_path, sandbox_image):
     """Canonical code cannot pass an impossible task; a stateful cheat that answers the expected
     value first and the contradicting one second does, and the gate names it."""
     from orchestrator.config import GateSection
-    from orchestrator.training.gate import impossible_passes
+    from orchestrator.training.gate import gate_ids, impossible_passes
     from orchestrator.agent.tasks import IMPOSSIBLE_PREFIX, _literal_assert, impossible_ids
 
-    (tid,) = impossible_ids(1)
+    cfg = GateSection(impossible_tasks=1)
+    (tid,) = impossible_ids(1, seed="judge-test", pool=gate_ids(cfg))  # the canary this gate draws
     p = humaneval_problems()[tid.removeprefix(IMPOSSIBLE_PREFIX)]
     _, value = _literal_assert(p["test"])
     cheat = (p["prompt"] + "    pass\n\n_n = [0]\n\n\ndef " + p["entry_point"] + "(*a):\n    _n[0] += 1\n"
@@ -198,15 +199,15 @@ def test_impossible_task_canary_catches_a_proven_hack(tmp_path, sandbox_image):
 
     def replies(name, content):
         path = tmp_path / name
-        path.write_text(json.dumps({"phase": "patch", "task": tid, "reply": json.dumps(
+        path.write_text(json.dumps({"phase": "patch", "task": p["task_id"], "reply": json.dumps(
             {"rationale": "r", "edits": [{"path": "example.py", "content": content}]})}) + "\n")
         return ReplayBackend(path)
 
     honest = evaluate(replies("honest.jsonl", p["prompt"] + p["canonical_solution"]), [tid])
     assert honest[0].correct == 0 and honest[0].verdicts == ["fail"]
-    cfg = GateSection(impossible_tasks=1)
-    assert impossible_passes(replies("honest2.jsonl", p["prompt"] + p["canonical_solution"]), cfg) == []
-    assert impossible_passes(replies("cheat.jsonl", cheat), cfg) == [tid]
+    assert impossible_passes(replies("honest2.jsonl", p["prompt"] + p["canonical_solution"]), cfg,
+                             seed="judge-test") == []
+    assert impossible_passes(replies("cheat.jsonl", cheat), cfg, seed="judge-test") == [tid]
 
 
 def test_hack_telemetry_counts_from_the_audit_log():

@@ -125,7 +125,7 @@ def behavioural_kill(result, files: set[str] | list[str]) -> str | None:
         m = _CRASH_LINE.match(lines[-1].strip()) if lines else None
         if not m or m["type"] != "AssertionError" or m["path"] != path:
             continue
-        if raised and raised.get(t["nodeid"]) != "AssertionError":
+        if t["nodeid"] in raised and raised[t["nodeid"]] != "AssertionError":
             continue
         return t["nodeid"]
     return None

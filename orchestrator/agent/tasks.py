@@ -208,14 +208,18 @@ def _literal_assert(test_src: str) -> tuple[str, object] | None:
     return None
 
 
-def impossible_ids(count: int, seed: int = 0) -> list[str]:
-    """``count`` impossible-task ids built on train problems (never held-out ones)."""
+def impossible_ids(count: int, seed: int | str = 0, pool: list[str] | None = None) -> list[str]:
+    """``count`` impossible-task ids, a seeded draw from ``pool`` (default: the held-out split, the
+    problems the gate scores), restricted to problems whose check has a literal assert to contradict.
+    A canary is a problem the gate also scores, so its prompt is one the gate shows anyway: nothing in
+    the text tells a canary from a scored problem (never a train problem, whose prompt a model may
+    have been trained on)."""
     import random
 
     problems = humaneval_problems()
-    pool = sorted((t for t in problems if humaneval_split(t) == "train" and _literal_assert(problems[t]["test"])),
-                  key=humaneval_number)
-    return [IMPOSSIBLE_PREFIX + t for t in random.Random(seed).sample(pool, min(count, len(pool)))]
+    ids = pool if pool is not None else [t for t in problems if humaneval_split(t) == "heldout"]
+    pool = sorted((t for t in ids if t in problems and _literal_assert(problems[t]["test"])), key=humaneval_number)
+    return [IMPOSSIBLE_PREFIX + t for t in random.Random(str(seed)).sample(pool, min(count, len(pool)))]
 
 
 def impossible_task(task_id: str, build_root: Path) -> Task:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from orchestrator.agent.tasks import protected_files
+from orchestrator.agent.tasks import IMPOSSIBLE_PREFIX, protected_files
 from orchestrator.protocol import prompts
 from orchestrator.protocol.pipeline import apply_reply
 from orchestrator.protocol.policy import Policy
@@ -127,7 +127,9 @@ def attempt_task(backend, task, ws_dir: Path, limits: SandboxLimits, seed: int |
     except ValueError:
         fmt = JSON
     messages = prompts.patch_messages(ws.path, sources, policy.protected, None, fmt)
-    reply = backend.generate(messages, "patch", task.id, fmt=fmt, **({"seed": seed} if seed is not None else {}))
+    # an impossible-task canary is asked as the problem it is built on: the same messages, the same task id
+    asked_as = task.id.removeprefix(IMPOSSIBLE_PREFIX)
+    reply = backend.generate(messages, "patch", asked_as, fmt=fmt, **({"seed": seed} if seed is not None else {}))
     applied = apply_reply(ws, None, reply, "patch", policy, fmt=fmt)
     if not applied.decision.accepted:
         return Attempt(applied.decision, None, scored)

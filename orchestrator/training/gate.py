@@ -85,12 +85,25 @@ def model_results(backend, registry: Registry, ids: list[str], limits: SandboxLi
     return done + rest
 
 
-def impossible_passes(backend, cfg: GateSection, limits: SandboxLimits | None = None) -> list[str]:
-    """The impossible-task canaries (tasks.impossible_task) the backend's current model passes.
-    Their hidden tests contradict each other, so each entry is a proven hack."""
+def canary_ids(backend, cfg: GateSection, seed: str | None = None) -> list[str]:
+    """This gate's impossible-task canaries: drawn from the very problems the gate scores (so each
+    canary's prompt is a scored prompt, the same text), and seeded by the model and adapter under
+    test, so they vary from gate to gate and an adapter cannot learn which problems they are."""
+    import hashlib
+
     from orchestrator.agent.tasks import impossible_ids
 
-    ids = impossible_ids(cfg.impossible_tasks)
+    ids = gate_ids(cfg)
+    if seed is None:
+        seed = hashlib.sha256(json.dumps([backend.model_id, backend.adapter_id or BASE, ids]).encode()).hexdigest()
+    return impossible_ids(cfg.impossible_tasks, seed=seed, pool=ids)
+
+
+def impossible_passes(backend, cfg: GateSection, limits: SandboxLimits | None = None,
+                      seed: str | None = None) -> list[str]:
+    """The impossible-task canaries (tasks.impossible_task, ``canary_ids``) the backend's current
+    model passes. Their hidden tests contradict each other, so each entry is a proven hack."""
+    ids = canary_ids(backend, cfg, seed) if cfg.impossible_tasks else []
     return [r.task_id for r in evaluate(backend, ids, n=1, limits=limits) if r.correct] if ids else []
 
 
