@@ -489,9 +489,12 @@ def _run_rounds(config_file, backend, replies, base_url, run_dir, resume_dir, su
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def serve_cmd(port: int, host: str, model_dir: Path | None, config_file: Path | None) -> None:
     """Serve the base model with vLLM (LoRA hot-loading on) until Ctrl-C; runs and evals reach it
-    with --backend vllm --base-url http://HOST:PORT/v1."""
+    with --backend vllm --base-url http://HOST:PORT/v1 and the server's key in RSI_VLLM_API_KEY
+    (the key: RSI_VLLM_API_KEY when set here, else a new one, printed once)."""
+    import os
+
     from orchestrator.config import RunConfig
-    from orchestrator.models.engine import Engine, EngineError, EngineSpec, log_tail
+    from orchestrator.models.engine import KEY_ENV, Engine, EngineError, EngineSpec, log_tail
 
     _sigterm_as_interrupt()
     e = RunConfig.load(config_file).engine
@@ -504,10 +507,14 @@ def serve_cmd(port: int, host: str, model_dir: Path | None, config_file: Path | 
         engine = Engine(EngineSpec(model_dir, served_name=e.served_model, host=host, port=port,
                                    max_model_len=e.max_model_len, max_lora_rank=e.max_lora_rank,
                                    kv_cache_gib=e.kv_cache_gib, startup_timeout_s=e.startup_timeout_s,
-                                   extra_args=list(e.extra_args)))
+                                   extra_args=list(e.extra_args), api_key=os.environ.get(KEY_ENV) or None))
         engine.start(lambda line: click.echo(line, err=True))
     except (EngineError, FileNotFoundError, ImportError) as exc:
         _fail_infra(str(exc))
+    if os.environ.get(KEY_ENV):
+        click.echo(f"API key: the one in {KEY_ENV}", err=True)
+    else:  # shown once: every request but /health needs it
+        click.echo(f"API key (clients: export {KEY_ENV}=KEY; not shown again): {engine.api_key}", err=True)
     click.echo(f"serving {model_dir.name} as {e.served_model!r} at {engine.base_url} (Ctrl-C stops it)", err=True)
     try:
         while engine.running:

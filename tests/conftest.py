@@ -87,6 +87,7 @@ def vllm_engine():
     if os.environ.get("RSI_TEST_VLLM_PORT"):  # a server already running on the embedded model (`rsi serve`)
         engine = Engine(EngineSpec(ensure_converted(), port=int(os.environ["RSI_TEST_VLLM_PORT"])))
         engine.port = engine.spec.port
+        engine.api_key = os.environ.get("RSI_VLLM_API_KEY")  # the key `rsi serve` printed
         yield engine
         return
     engine = Engine(EngineSpec(ensure_converted())).start(say=print)

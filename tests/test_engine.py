@@ -161,3 +161,52 @@ def test_a_stale_server_of_a_killed_run_is_stopped(tmp_path, model_dir):
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
+
+
+def test_the_key_reaches_the_server_only_through_its_environment(tmp_path, model_dir, monkeypatch):
+    """Issue 24: each start has a new random key; the server gets it in its environment (root-only in
+    /proc) with the guard module alone on its import path, never on its command line (world-readable),
+    in its record or its log; the client's own RSI_VLLM_API_KEY is not passed on; the state directory
+    and the log are private; the key and the guard's directory go at stop."""
+    monkeypatch.setenv("RSI_VLLM_API_KEY", "the-clients-key")
+    exe = fake_python(tmp_path, FAKE_SERVER)
+    keys = []
+    for _ in range(2):
+        eng = Engine(EngineSpec(model_dir, python=exe)).start(say=lambda _: None)
+        pid, key = eng.proc.pid, eng.api_key
+        keys.append(key)
+        try:
+            assert len(key) >= 40 and engine.api_key_for(eng.base_url) == key == engine.api_key_for(eng.url + "/")
+            assert eng.headers == {"Authorization": f"Bearer {key}"}
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            assert key.encode() not in cmdline and b"--middleware\0rsi_vllm_guard.Guard" in cmdline
+            env = dict(v.split(b"=", 1) for v in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in v)
+            assert env[b"VLLM_API_KEY"] == key.encode() and b"RSI_VLLM_API_KEY" not in env
+            guard_dir = Path(env[b"PYTHONPATH"].decode())
+            assert [p.name for p in guard_dir.iterdir()] == ["rsi_vllm_guard.py"]
+            assert (guard_dir / "rsi_vllm_guard.py").read_bytes() == engine.GUARD.read_bytes()
+            assert guard_dir.stat().st_mode & 0o077 == 0 and guard_dir.stat().st_uid == os.geteuid()
+            folder = engine.state_dir()
+            assert folder.stat().st_mode & 0o777 == 0o700 and eng.log_path.stat().st_mode & 0o777 == 0o600
+            assert key not in (folder / f"{pid}.json").read_text() and key not in eng.log_path.read_text()
+        finally:
+            eng.stop()
+        assert not guard_dir.exists() and engine.api_key_for(eng.base_url) == "the-clients-key"
+    assert keys[0] != keys[1]
+    monkeypatch.delenv("RSI_VLLM_API_KEY")
+    eng = Engine(EngineSpec(model_dir, python=exe, api_key="chosen")).start(say=lambda _: None)
+    try:
+        assert eng.api_key == "chosen" and engine.api_key_for(eng.base_url) == "chosen"
+        assert "chosen" not in repr(eng.spec)
+    finally:
+        eng.stop()
+    assert engine.api_key_for(eng.base_url) is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a directory to another user needs root")
+def test_a_state_directory_of_another_user_is_refused(tmp_path, model_dir):
+    folder = engine.state_dir()
+    folder.mkdir(parents=True)
+    os.chown(folder, 65534, 65534)
+    with pytest.raises(EngineError, match="belongs to another user"):
+        Engine(EngineSpec(model_dir, python=fake_python(tmp_path, FAKE_SERVER))).start(say=lambda _: None)

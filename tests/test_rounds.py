@@ -198,6 +198,7 @@ def test_two_rounds_against_the_real_vllm_engine(tmp_path, sandbox_image, docker
         state = Rounds(run, cfg, engine, select_tasks(TASKS), trainer=Trainer(model_dir=engine.model_dir,
                                                                               max_steps=2)).run()
         served = sorted(m["id"] for m in __import__("requests").get(vllm_engine.base_url + "/models",
+                                                                       headers=vllm_engine.headers,
                                                                        timeout=10).json()["data"])
     finally:
         if engine.adapter_id:

@@ -3,6 +3,7 @@ replies, batched seeded sampling, adapter hot-loading with the load probe (refus
 one loop iteration, `rsi eval --samples`, and a training burst gated against the engine."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -42,7 +43,34 @@ def backend_on(engine, max_tokens: int = 384) -> VLLMBackend:
 
 
 def served_names(engine) -> list[str]:
-    return sorted(m["id"] for m in requests.get(engine.base_url + "/models", timeout=10).json()["data"])
+    return sorted(m["id"] for m in requests.get(engine.base_url + "/models", headers=engine.headers,
+                                                timeout=10).json()["data"])
+
+
+def as_user(uid: int, fn):
+    """``fn()`` in a forked child running as ``uid`` (no groups); its JSON-able result, or the
+    repr of what it raised."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        try:
+            os.close(read)
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            assert os.getuid() == os.geteuid() == uid
+            result = fn()
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent
+            result = {"raised": repr(exc)}
+        os.write(write, json.dumps(result).encode())
+        os._exit(0)
+    os.close(write)
+    data = b""
+    while chunk := os.read(read, 1 << 16):
+        data += chunk
+    os.close(read)
+    os.waitpid(pid, 0)
+    return json.loads(data)
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +171,109 @@ def test_adapter_hot_load_probe_refusals_and_unload(vllm_engine, adapters, tmp_p
     assert backend.served is None and backend.adapter_id is None and served_names(vllm_engine) == ["base"]
 
 
+NOBODY = 65534
+
+
+def test_another_user_cannot_load_or_swap_adapters(vllm_engine, adapters):
+    """Issue 24: as `nobody`, no request but /health reaches the engine without its key: not vLLM's
+    /v1/load_lora_adapter (its --api-key check), nor the SageMaker /adapters routes, /invocations,
+    /pause... (outside /v1: the guard middleware); the key is in no file or command line that user can
+    read. The positive control: the same user with the key loads and unloads an adapter."""
+    if os.geteuid() != 0:
+        pytest.fail("this test switches to the user nobody, which needs root")
+    url, key, pid = vllm_engine.url, vllm_engine.api_key, vllm_engine.proc.pid
+    path = str(adapters / "a")
+
+    def attack():
+        out = {}
+        for method, route, body in [("post", "/v1/load_lora_adapter", {"lora_name": "evil", "lora_path": path}),
+                                    ("post", "/v1/unload_lora_adapter", {"lora_name": "evil"}),
+                                    ("post", "/adapters", {"name": "evil", "src": path}),
+                                    ("delete", "/adapters/evil", None),
+                                    ("get", "/v1/models", None),
+                                    ("post", "/v1/chat/completions", {"model": "base", "max_tokens": 1,
+                                                                     "messages": [{"role": "user", "content": "hi"}]}),
+                                    ("post", "/invocations", {"model": "base", "prompt": "hi", "max_tokens": 1}),
+                                    ("post", "/pause", None), ("post", "/tokenize", {"prompt": "hi"}),
+                                    ("get", "/version", None), ("get", "/health", None)]:
+            for auth in ({}, {"Authorization": "Bearer wrong"}):
+                resp = getattr(requests, method)(url + route, json=body, headers=auth, timeout=30)
+                out[f"{method} {route} {bool(auth)}"] = [resp.status_code, resp.text[:100]]
+        readable = []
+        for name in ("environ", "cmdline"):
+            try:
+                readable.append(key in Path(f"/proc/{pid}/{name}").read_bytes().decode(errors="replace"))
+            except OSError:
+                readable.append(None)
+        out["environ, cmdline"] = readable
+        log = Path(vllm_engine.log_path)
+        out["log"] = os.access(log, os.R_OK) or os.access(log.parent, os.X_OK)
+        return out
+
+    seen = as_user(NOBODY, attack)
+    assert "raised" not in seen, seen
+    assert seen.pop("environ, cmdline") == [None, False] and seen.pop("log") is False
+    for call, (status, text) in seen.items():
+        if call.startswith("get /health"):
+            assert status == 200, (call, text)
+        else:
+            assert status == 401 and "Unauthorized" in text, (call, status, text)  # no path named, nothing loaded
+    assert served_names(vllm_engine) == ["base"]
+
+    def with_the_key():
+        auth = {"Authorization": f"Bearer {key}"}
+        load = requests.post(url + "/v1/load_lora_adapter", json={"lora_name": "control", "lora_path": path},
+                             headers=auth, timeout=60)
+        listed = requests.get(url + "/v1/models", headers=auth, timeout=30).json()
+        unload = requests.post(url + "/v1/unload_lora_adapter", json={"lora_name": "control"}, headers=auth,
+                               timeout=60)
+        return [load.status_code, sorted(m["id"] for m in listed["data"]), unload.status_code]
+
+    assert as_user(NOBODY, with_the_key) == [200, ["base", "control"], 200]
+    assert served_names(vllm_engine) == ["base"]
+
+
+def test_a_name_swapped_in_the_engine_is_refused_or_replaced(vllm_engine, adapters, tmp_path):
+    """Issue 24: the backend trusts no engine state it did not check. A name loaded from another
+    directory is replaced by this adapter's own; other weights under the same name and directory (the
+    files swapped and put back around the engine's load) fail the identity probe against the name's
+    first load; the served name carries the digest of weights and config."""
+    from orchestrator.models.backends import adapter_digest
+
+    backend = backend_on(vllm_engine)
+    mine = tmp_path / "mine"
+    shutil.copytree(adapters / "a", mine)
+    backend.load_adapter(mine, "v0007")
+    name = backend.served
+    assert name == f"v0007-{adapter_digest(mine)[:16]}" and backend.listing()[name]["root"] == str(mine)
+    first = backend.probe(name)
+    backend.load_adapter(None, None)
+
+    # someone with the key loads other weights under the name this adapter will have
+    assert backend._admin("load", {"lora_name": name, "lora_path": str(adapters / "b")}).status_code == 200
+    backend.load_adapter(mine, "v0007")
+    assert backend.served == name and backend.listing()[name]["root"] == str(mine)
+    assert not backend.probes_differ(backend.probe(name), first)  # its own weights again
+    backend.load_adapter(None, None)
+
+    # the same name and directory, other weights: the files replaced for the engine's load, then put back
+    saved = tmp_path / "saved"
+    shutil.copytree(mine, saved)
+    shutil.rmtree(mine)
+    shutil.copytree(adapters / "b", mine)
+    assert backend._admin("load", {"lora_name": name, "lora_path": str(mine)}).status_code == 200
+    shutil.rmtree(mine)
+    shutil.copytree(saved, mine)
+    with pytest.raises(AdapterRefused, match="differs from the one .* gave when first loaded"):
+        backend.load_adapter(mine, "v0007")
+    assert backend.served is None and served_names(vllm_engine) == ["base"]
+    # a config change (here lora_alpha) is a new name, though the weights are the same bytes
+    config = json.loads((mine / "adapter_config.json").read_text())
+    config["lora_alpha"] = 4
+    (mine / "adapter_config.json").write_text(json.dumps(config))
+    assert adapter_digest(mine) != adapter_digest(saved)
+
+
 @pytest.mark.docker
 def test_one_iteration_through_the_engine(tmp_path, vllm_engine, sandbox_image):
     from orchestrator.agent.loop import Loop
@@ -159,7 +290,8 @@ def test_one_iteration_through_the_engine(tmp_path, vllm_engine, sandbox_image):
 def test_eval_samples_in_one_batch(tmp_path, vllm_engine, sandbox_image):
     out = subprocess.run([sys.executable, "-m", "orchestrator.cli", "eval", "--backend", "vllm", "--base-url",
                           vllm_engine.base_url, "--tasks", "0", "--samples", "3", "--k", "2", "--out",
-                          str(tmp_path / "ev"), "--json"], capture_output=True, text=True, cwd=ROOT, timeout=900)
+                          str(tmp_path / "ev"), "--json"], capture_output=True, text=True, cwd=ROOT, timeout=900,
+                         env=os.environ | {"RSI_VLLM_API_KEY": vllm_engine.api_key or ""})
     assert out.returncode == 0, out.stderr[-2000:]
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     assert summary["backend"] == "vllm" and summary["samples_per_problem"] == 3 and "pass@2" in summary
@@ -215,8 +347,9 @@ def test_burst_refuses_an_unserved_adapter_then_promotes_and_resumes(tmp_path, v
 
 
 def test_rsi_serve_stops_on_ctrl_c_and_leaves_no_process(tmp_path):
-    """`rsi serve` on a fixed port: a second server on the same port is refused in one line; Ctrl-C
-    stops the server and every process it started."""
+    """`rsi serve` on a fixed port: it prints its key once, and requests without it are refused; a
+    second server on the same port is refused in one line; Ctrl-C stops the server and every process
+    it started."""
     import os
     import signal
     import time
@@ -225,6 +358,7 @@ def test_rsi_serve_stops_on_ctrl_c_and_leaves_no_process(tmp_path):
 
     port = free_port()
     env = os.environ | {"RSI_CACHE": str(tmp_path / "cache")}  # the engine's records; the model is linked in
+    env.pop("RSI_VLLM_API_KEY", None)  # a new key, printed
     (tmp_path / "cache" / "models").mkdir(parents=True)
     from orchestrator.models.embedded_model import ensure_converted
 
@@ -243,6 +377,13 @@ def test_rsi_serve_stops_on_ctrl_c_and_leaves_no_process(tmp_path):
         assert len(records) == 1
         server = json.loads(records[0].read_text())["pid"]
         assert requests.get(f"http://127.0.0.1:{port}/health", timeout=10).status_code == 200
+        said = (tmp_path / "serve.log").read_text()
+        key = said.split("not shown again): ", 1)[1].split()[0]
+        assert len(key) >= 40 and said.count(key) == 1
+        models = f"http://127.0.0.1:{port}/v1/models"
+        assert requests.get(models, timeout=10).status_code == 401
+        assert requests.get(models, headers={"Authorization": f"Bearer {key}"}, timeout=10).status_code == 200
+        assert key.encode() not in Path(f"/proc/{server}/cmdline").read_bytes()
         second = subprocess.run([sys.executable, "-m", "orchestrator.cli", "serve", "--port", str(port)], cwd=ROOT,
                                 env=env, capture_output=True, text=True, timeout=120)
         assert second.returncode == 2 and f"port {port} on 127.0.0.1 is taken" in second.stderr

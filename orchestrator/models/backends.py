@@ -211,16 +211,29 @@ class OpenAIBackend(Backend):
 PROBE_MESSAGES = [{"role": "user", "content": "Write a Python function that returns the sum of a list of numbers."}]
 PROBE_TOKENS = 16
 PROBE_TOLERANCE = 1e-3  # logprob difference that counts as "differs" (well above the engine's rounding)
+IDENTITY_TOLERANCE = 1e-3  # the same name loaded again: its probe within this of its first one
+
+
+def adapter_digest(path: Path, max_rank: int | None = None) -> str:
+    """SHA-256 over an adapter's weights and its adapter_config.json (its rank, alpha and targets
+    change what the weights do), after ``check_adapter_dir``'s checks."""
+    weights = check_adapter_dir(path, max_rank)
+    config = hashlib.sha256((Path(path) / "adapter_config.json").read_bytes()).hexdigest()
+    return hashlib.sha256(f"{weights}\n{config}\n".encode()).hexdigest()
 
 
 class VLLMBackend(OpenAIBackend):
     """A vLLM server (engine.Engine, or external): OpenAI API, runtime LoRA, batched sampling.
 
-    Adapters are loaded under a versioned, content-addressed name (``v0003-<weights digest>``),
-    never re-loaded in place, and served only after a load probe: the fixed ``PROBE_MESSAGES``,
-    greedy, must give tokens or logprobs that differ from the base model's and from the model it
-    replaces. A refused adapter is unloaded again and the backend stays on the current model.
-    Switching away from an adapter (rollback, a gate that keeps the current model) unloads it.
+    Adapters are loaded under a versioned, content-addressed name (``v0003-<digest>``, the SHA-256
+    of the weights and adapter_config.json), never re-loaded in place, and served only after two
+    checks: the engine's listing (``/v1/models``) must show that name loaded from this adapter's
+    directory, and a load probe (the fixed ``PROBE_MESSAGES``, greedy) must give tokens or logprobs
+    that differ from the base model's and from the model it replaces; a name loaded again must give
+    the probe it gave the first time (the same name is the same weights). A refused adapter is
+    unloaded again and the backend stays on the current model. Switching away from an adapter
+    (rollback, a gate that keeps the current model) unloads it. Every request carries the server's
+    key (``api_key``; engine.py: the managed server's, else ``RSI_VLLM_API_KEY``).
     """
 
     name = "vllm"
@@ -228,14 +241,15 @@ class VLLMBackend(OpenAIBackend):
 
     def __init__(self, base_url: str, model_id: str, served_model: str = "base", engine=None,
                  max_tokens: int = 1024, max_lora_rank: int = 16, model_dir: Path | None = None,
-                 timeout_s: float = 900):
-        super().__init__(base_url, served_model, max_tokens=max_tokens, timeout_s=timeout_s)
+                 timeout_s: float = 900, api_key: str | None = None):
+        super().__init__(base_url, served_model, api_key=api_key, max_tokens=max_tokens, timeout_s=timeout_s)
         self.model_id, self.served_model, self.engine = model_id, served_model, engine
         self.max_lora_rank, self.model_dir = max_lora_rank, model_dir
         self.served: str | None = None   # the engine's name of the current adapter (None: base)
         self.loaded: set[str] = set()    # adapter names this backend loaded into the engine
         self.probes: dict[str, tuple] = {}
         self.verified: set[str] = set()  # adapters that passed a probe against the model they replaced
+        self.fingerprints: dict[str, tuple] = {}  # each name's probe at its first load
         self.last_tokens = 0
         # the served model's extra request fields and reply parsing (gpt-oss: orchestrator/models/gpu.py)
         self.request_options: dict = {}
@@ -291,11 +305,42 @@ class VLLMBackend(OpenAIBackend):
         return [through_first_block(r) for r in replies] if fmt.name == "code" else replies
 
     # ----- adapters -----
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
     def _admin(self, action: str, body: dict) -> requests.Response:
         try:
-            return requests.post(f"{self.base_url}/{action}_lora_adapter", json=body, timeout=120)
+            return requests.post(f"{self.base_url}/{action}_lora_adapter", json=body, headers=self.headers,
+                                 timeout=120)
         except requests.RequestException as exc:
             raise BackendError(f"cannot reach {self.base_url}: {exc}") from exc
+
+    def listing(self) -> dict[str, dict]:
+        """The engine's models (``/v1/models``) by name: an adapter's card names the directory it was
+        loaded from (``root``) and its base (``parent``)."""
+        try:
+            resp = requests.get(f"{self.base_url}/models", headers=self.headers, timeout=60)
+        except requests.RequestException as exc:
+            raise BackendError(f"cannot reach {self.base_url}: {exc}") from exc
+        if resp.status_code != 200:
+            raise BackendError(f"{self.base_url}/models answered {resp.status_code}: {resp.text[:200]}")
+        try:
+            return {card["id"]: card for card in resp.json()["data"]}
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BackendError(f"unexpected model listing from {self.base_url}: {resp.text[:200]}") from exc
+
+    def _listed_root(self, name: str) -> str | None:
+        card = self.listing().get(name)
+        return None if card is None else str(card.get("root"))
+
+    def _check_listed(self, name: str, where: str, adapter_id: str) -> None:
+        """The engine serves ``name`` from ``where`` on this backend's base model."""
+        card = self.listing().get(name)
+        if card is None or str(card.get("root")) != where or card.get("parent") != self.served_model:
+            shown = "not listed" if card is None else f"listed from {card.get('root')} on {card.get('parent')}"
+            raise AdapterRefused(f"adapter {adapter_id} refused: the engine's {name} is {shown}, not {where} "
+                                 f"on {self.served_model}")
 
     def _unload(self, name: str) -> None:
         self._admin("unload", {"lora_name": name})  # 404 (not loaded) is fine
@@ -315,16 +360,20 @@ class VLLMBackend(OpenAIBackend):
         return self.probes[name]
 
     @staticmethod
-    def probes_differ(a: tuple, b: tuple) -> bool:
+    def probes_differ(a: tuple, b: tuple, tolerance: float = PROBE_TOLERANCE) -> bool:
         if a[0] != b[0]:
             return True
-        return any(abs(x - y) > PROBE_TOLERANCE for x, y in zip(a[1], b[1]))
+        return any(abs(x - y) > tolerance for x, y in zip(a[1], b[1]))
 
     def _verify(self, name: str, adapter_id: str) -> None:
-        """Against the base model always; against the model it replaces on its first load (a
-        re-load, e.g. back to the previous adapter after a gate, needs only to reach the engine)."""
+        """Against the base model always; against the model it replaces on its first load; a
+        re-load (e.g. back to the previous adapter after a gate) against its own first probe."""
         self.probes.pop(name, None)
         new = self.probe(name)
+        first = self.fingerprints.get(name)
+        if first is not None and self.probes_differ(new, first, IDENTITY_TOLERANCE):
+            raise AdapterRefused(f"adapter {adapter_id} refused: its load probe differs from the one {name} gave "
+                                 "when first loaded, so the engine serves other weights under that name")
         against = [("the base model", self.served_model)]
         if self.served and name not in self.verified:
             against.append((f"the current adapter {self.adapter_id}", self.served))
@@ -333,20 +382,25 @@ class VLLMBackend(OpenAIBackend):
                 raise AdapterRefused(f"adapter {adapter_id} refused: its load probe (greedy tokens and logprobs "
                                      f"on a fixed prompt) equals {what}'s, so the engine does not serve its weights")
         self.verified.add(name)
+        self.fingerprints.setdefault(name, new)
 
     def load_adapter(self, path, adapter_id):
         if path is None:
             self._switch(None, None)
             return
-        digest = check_adapter_dir(path, self.max_lora_rank)
-        name = f"{adapter_id}-{digest[:10]}"
+        name = f"{adapter_id}-{adapter_digest(path, self.max_lora_rank)[:16]}"
+        where = str(Path(path).resolve())
         if name not in self.loaded:
-            resp = self._admin("load", {"lora_name": name, "lora_path": str(Path(path).resolve())})
-            if resp.status_code != 200 and "already" not in resp.text:  # same name = same weights
+            resp = self._admin("load", {"lora_name": name, "lora_path": where})
+            if resp.status_code != 200 and "already" in resp.text and self._listed_root(name) != where:
+                self._unload(name)  # loaded from elsewhere (a copy): this backend serves only what it checked
+                resp = self._admin("load", {"lora_name": name, "lora_path": where})
+            if resp.status_code != 200 and "already" not in resp.text:
                 raise AdapterRefused(f"adapter {adapter_id} refused: the engine could not load it "
                                      f"({resp.status_code}: {resp.text[:200]})")
             self.loaded.add(name)
             try:
+                self._check_listed(name, where, adapter_id)
                 self._verify(name, adapter_id)
             except BaseException:
                 self._unload(name)
@@ -479,7 +533,7 @@ def _stderr(line: str) -> None:
 def make_vllm_backend(config, base_url: str | None = None, say=_stderr) -> VLLMBackend:
     """The vllm backend on ``base_url`` (or ``[engine] base_url``), else on a managed server
     started here and stopped by ``close()`` (and at exit)."""
-    from orchestrator.models.engine import Engine, EngineError, EngineSpec
+    from orchestrator.models.engine import Engine, EngineError, EngineSpec, api_key_for
 
     e = config.engine
     url = base_url or e.base_url
@@ -499,7 +553,8 @@ def make_vllm_backend(config, base_url: str | None = None, say=_stderr) -> VLLMB
             raise BackendError(str(exc)) from exc
         url = engine.base_url
     backend = VLLMBackend(url, f"vllm/{model_name}", served_model=e.served_model, engine=engine,
-                          max_tokens=config.model.max_new_tokens, max_lora_rank=e.max_lora_rank, model_dir=model_dir)
+                          max_tokens=config.model.max_new_tokens, max_lora_rank=e.max_lora_rank, model_dir=model_dir,
+                          api_key=engine.api_key if engine is not None else api_key_for(url))
     if getattr(getattr(config, "gpu", None), "enabled", "off") == "on":  # the GPU profile (orchestrator/models/gpu.py)
         from orchestrator.models.gpu import configure_backend
 

@@ -15,6 +15,16 @@ started (its own session/process group). Nothing is left behind:
 
 Errors are one line (``EngineError``): vLLM not installed, model missing, port taken, server died
 during start-up (with the tail of its log), no health within the timeout.
+
+Access: each server has a random key (``Engine.api_key``, or ``EngineSpec.api_key``) that every
+request but ``GET /health`` must carry (``Authorization: Bearer``). Other local users can reach
+127.0.0.1, so without it anyone could load or swap the adapters the run serves. The key goes to the
+server in its environment (``VLLM_API_KEY``; ``/proc/<pid>/environ`` is readable only by the
+server's user, its command line by everyone), never on the command line, in the record or the log.
+vLLM checks it only under ``/v1`` and a few other prefixes, so the server also loads
+``vllm_guard.Guard`` (``--middleware``), which checks it on every path (the SageMaker
+``/adapters`` routes load adapters too). ``api_key_for(url)`` gives the key of a server this
+process started; the state directory (records, logs) is private to the user.
 """
 
 from __future__ import annotations
@@ -23,9 +33,12 @@ import atexit
 import ctypes
 import json
 import os
+import secrets
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +48,21 @@ import requests
 ROOT = Path(__file__).resolve().parents[2]
 VENV = ROOT / ".venv-vllm"
 PR_SET_PDEATHSIG = 1
+KEY_ENV = "RSI_VLLM_API_KEY"   # clients' key for an external server (`rsi serve` prints it)
+GUARD_MODULE = "rsi_vllm_guard"
+GUARD = Path(__file__).with_name("vllm_guard.py")
+_keys: dict[str, str] = {}     # root URL -> key, for the servers this process runs
+
+
+def _root(url: str) -> str:
+    url = url.rstrip("/")
+    return url[:-3] if url.endswith("/v1") else url
+
+
+def api_key_for(url: str) -> str | None:
+    """The key of the server at ``url`` (root or ``/v1`` URL): one this process started, else
+    ``RSI_VLLM_API_KEY`` (an external server, e.g. from `rsi serve`), else None."""
+    return _keys.get(_root(url)) or os.environ.get(KEY_ENV) or None
 
 
 class EngineError(RuntimeError):
@@ -69,14 +97,17 @@ class EngineSpec:
     startup_timeout_s: float = 600
     extra_args: list[str] = field(default_factory=list)  # e.g. the GPU command line (issue #15)
     python: Path | None = None
+    api_key: str | None = field(default=None, repr=False)  # None: a new random key per start
 
     def command(self, port: int) -> list[str]:
+        """The server's command line: world-readable in /proc, so it holds no key."""
         return [str(self.python or engine_python()), "-m", "vllm.entrypoints.openai.api_server",
                 "--model", str(self.model_dir), "--served-model-name", self.served_name,
                 "--enable-lora", "--max-lora-rank", str(self.max_lora_rank), "--max-loras", str(self.max_loras),
                 "--max-model-len", str(self.max_model_len), "--host", self.host, "--port", str(port),
                 # compact JSON: with free whitespace a small model fills the token budget with newlines
                 "--structured-outputs-config", json.dumps({"backend": "xgrammar", "disable_any_whitespace": True}),
+                "--middleware", f"{GUARD_MODULE}.Guard", "--disable-fastapi-docs",
                 *self.extra_args]
 
 
@@ -151,6 +182,16 @@ def reap_stale(say=None) -> list[int]:
     return reaped
 
 
+def private_dir(folder: Path) -> Path:
+    """``folder``, created if needed, owned by this user and closed to others (mode 0700): the
+    servers' records and logs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if folder.stat().st_uid != os.geteuid():
+        raise EngineError(f"{folder} belongs to another user: set RSI_CACHE to a directory of your own")
+    folder.chmod(0o700)
+    return folder
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -190,6 +231,8 @@ class Engine:
         self.port: int | None = None
         self.log_path: Path | None = None
         self.record: Path | None = None
+        self.api_key: str | None = None
+        self._guard_dir: str | None = None
 
     @property
     def url(self) -> str:
@@ -198,6 +241,11 @@ class Engine:
     @property
     def base_url(self) -> str:
         return self.url + "/v1"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """What a request to this server needs."""
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
     def _check(self) -> None:
         python = self.spec.python or engine_python()
@@ -214,17 +262,26 @@ class Engine:
         reap_stale(say)
         self._check()
         self.port = self.spec.port or free_port(self.spec.host)
-        folder = state_dir()
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = private_dir(state_dir())
         self.log_path = folder / f"vllm-{os.getpid()}-{self.port}.log"
-        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
+        self.api_key = self.spec.api_key or secrets.token_urlsafe(32)
+        # the guard module alone on the server's import path, in a directory only this user can write
+        self._guard_dir = tempfile.mkdtemp(prefix="rsi-vllm-guard-")
+        shutil.copyfile(GUARD, Path(self._guard_dir) / f"{GUARD_MODULE}.py")
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME", KEY_ENV)}
         env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", VLLM_ALLOW_RUNTIME_LORA_UPDATING="True",
-                   VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1")
+                   VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1", VLLM_API_KEY=self.api_key, PYTHONPATH=self._guard_dir)
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{self.spec.kv_cache_gib:g}")
         cmd = self.spec.command(self.port)
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                         env=env, cwd=folder, start_new_session=True, preexec_fn=_die_with_parent)
+        try:
+            with open(os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as log:
+                self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                             env=env, cwd=folder, start_new_session=True,
+                                             preexec_fn=_die_with_parent)
+        except BaseException:
+            self._forget()
+            raise
+        _keys[_root(self.url)] = self.api_key
         atexit.register(self.stop)
         self.record = folder / f"{self.proc.pid}.json"
         self.record.write_text(json.dumps({
@@ -270,7 +327,15 @@ class Engine:
         _kill_group(proc.pid, proc)
         if self.record is not None:
             self.record.unlink(missing_ok=True)
+        self._forget()
         atexit.unregister(self.stop)
+
+    def _forget(self) -> None:
+        if self._guard_dir:
+            shutil.rmtree(self._guard_dir, ignore_errors=True)
+            self._guard_dir = None
+        if self.port is not None and _keys.get(_root(self.url)) == self.api_key:
+            _keys.pop(_root(self.url), None)
 
     @property
     def running(self) -> bool:
