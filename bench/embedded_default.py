@@ -113,7 +113,7 @@ def vllm_rate(model, prompts: list[list[dict]], tokens: int, k: int) -> dict:
         if seed is not None:
             body["seed"] = seed
         t = time.perf_counter()
-        r = requests.post(url, json=body, timeout=1800)
+        r = requests.post(url, json=body, headers=engine.headers, timeout=1800)
         r.raise_for_status()
         return r.json()["usage"]["completion_tokens"], time.perf_counter() - t
 

@@ -85,9 +85,16 @@ def _complete(url: str, model: str, i: int, tokens: int, n: int = 1, seed: int |
             "temperature": 0.8 if n > 1 else 0.0}
     if seed is not None:
         body["seed"] = seed
-    r = requests.post(f"{url}/chat/completions", json=body, timeout=1800)
+    r = requests.post(f"{url}/chat/completions", json=body, headers=auth(url), timeout=1800)
     r.raise_for_status()
     return int(r.json()["usage"]["completion_tokens"])
+
+
+def auth(url: str) -> dict:
+    """The managed server's key (orchestrator/models/engine.py: every request but /health needs it)."""
+    from orchestrator.models.engine import api_key_for
+
+    return {"Authorization": f"Bearer {api_key_for(url)}"}
 
 
 def vllm_arm(url: str, model: str, tokens: int, batch: int) -> dict:
@@ -131,8 +138,8 @@ def make_adapter(out: Path, seed: int) -> Path:
 def load_to_first_token(url: str, path: Path, name: str) -> float:
     t = time.perf_counter()
     requests.post(f"{url}/load_lora_adapter", json={"lora_name": name, "lora_path": str(path)},
-                  timeout=300).raise_for_status()
-    with requests.post(f"{url}/chat/completions", stream=True, timeout=300,
+                  headers=auth(url), timeout=300).raise_for_status()
+    with requests.post(f"{url}/chat/completions", stream=True, timeout=300, headers=auth(url),
                        json={"model": name, "messages": messages(0), "max_tokens": 8, "stream": True}) as r:
         r.raise_for_status()
         for line in r.iter_lines():
@@ -179,8 +186,9 @@ def main() -> None:
             results["vllm_lora"] = vllm_arm(url, "bench0", args.tokens, args.batch)
             print(results["vllm_lora"], file=sys.stderr)
             for i in range(args.loads):
-                requests.post(f"{url}/unload_lora_adapter", json={"lora_name": f"bench{i}"}, timeout=60)
-            backend = VLLMBackend(url, MODEL_ID)
+                requests.post(f"{url}/unload_lora_adapter", json={"lora_name": f"bench{i}"}, headers=auth(url),
+                              timeout=60)
+            backend = VLLMBackend(url, MODEL_ID, api_key=engine.api_key)
             t = time.perf_counter()
             backend.load_adapter(adapters[-1], "v0001")
             results["backend_load_adapter_with_probe_s"] = round(time.perf_counter() - t, 3)
