@@ -15,6 +15,7 @@ import traceback
 import types
 from pathlib import Path
 
+import pytest
 from rich.console import Console
 
 from orchestrator.agent.loop import Loop
@@ -184,3 +185,26 @@ def test_hold_back_is_seeded_and_keeps_a_visible_test(tmp_path):
                                           "test_example.py": "from example import add\n\n\ndef test_a():\n"
                                                              "    assert add(2, 3) == 5\n"})
     assert hold_back(user_task(lone), tmp_path / "lone-copy", 0)[1] == []
+
+
+@pytest.mark.docker
+def test_on_docker_reading_the_tests_is_never_archived(tmp_path, sandbox_image):
+    """The issue's run on the real sandbox and judge. Every test visible and none judgeable: the reader
+    scores 2/2 in the judge (the attack works) and nothing is archived. The issue's workspace: one test
+    is held back, the reader fails it in the judge, the honest fix passes it and only it is archived."""
+    def run(name, tests_text, replies):
+        ws = write_tree(tmp_path / name / "ws", {"example.py": BUGGY, "test_example.py": tests_text})
+        (tmp_path / name / "r.jsonl").write_text("".join(json.dumps(x) + "\n" for x in replies))
+        state = Loop(tmp_path / name / "run", config(max_retries=0, max_iterations=2, stop_when_solved=False),
+                     ReplayBackend(tmp_path / name / "r.jsonl"), task=user_task(ws),
+                     console=Console(file=io.StringIO())).run()
+        rewards = [e["reward"] for e in read_events(tmp_path / name / "run" / "audit.jsonl")
+                   if e["event"] == "sandbox_run" and e.get("purpose") == "evaluation"]
+        return state, rewards, samples(tmp_path / name / "run")
+
+    state, rewards, archived = run("off", UNJUDGEABLE, [patch(READS_TESTS)])
+    assert rewards == [0, 2] and archived == []
+    state, rewards, archived = run("held", TWO_TESTS, [patch(READS_TESTS), gen_reply(EMPTY_TEST, "test_gen_e.py"),
+                                                      patch(HONEST), gen_reply(EMPTY_TEST, "test_gen_e.py")])
+    assert rewards == [0, 1, 2]
+    assert [json.loads(s["messages"][-1]["content"])["edits"][0]["content"] for s in archived] == [HONEST]

@@ -137,3 +137,27 @@ def test_a_test_that_only_crashes_on_a_mutant_kills_nothing(tmp_path):
     assert phases == ["patch"] and outcome.startswith("asserts nothing")
     state, phases, outcome = _rounds(tmp_path / "b", GOOD)
     assert phases == ["patch", "tests"] and outcome.startswith("kept")
+
+
+@pytest.mark.docker
+def test_on_docker_a_crash_is_no_kill_and_an_assert_is(tmp_path, sandbox_image):
+    """The loop's test gate on the real sandbox: the test that only crashes (KeyError) on mutants is
+    refused although its mutant runs fail; its retry, asserting on results, kills one by an assert."""
+    from orchestrator.agent.loop import Loop
+    from orchestrator.agent.tasks import seed_task
+    from orchestrator.models.backends import ReplayBackend
+    from orchestrator.store.audit import read_events
+    from tests.test_loop import FIX_ALL, config, gen_reply, patch, samples
+
+    (tmp_path / "r.jsonl").write_text("".join(json.dumps(x) + "\n" for x in [
+        patch(FIX_ALL), gen_reply(CRASHES_ONLY, "test_gen_edge.py"), gen_reply(GOOD, "test_gen_edge.py")]))
+    state = Loop(tmp_path / "run", config(max_retries=1, max_iterations=1, stop_when_solved=False),
+                 ReplayBackend(tmp_path / "r.jsonl"), task=seed_task(), console=Console(quiet=True)).run()
+    events = read_events(tmp_path / "run" / "audit.jsonl")
+    runs = [e for e in events if e["event"] == "mutant_run"]
+    crashed = runs[:len(runs) - 1]
+    assert any(e["verdict"] == "fail" for e in crashed) and not any(e["killed"] for e in crashed)
+    assert runs[-1]["killed"] and runs[-1]["by"] == "test_gen_edge.py::test_gen_edge"
+    assert state.history[0].tests_accepted == 1
+    kept = [s for s in samples(tmp_path / "run") if s["provenance"]["phase"] == "tests"]
+    assert len(kept) == 1 and "assert add(2, 2) == 4" in kept[0]["messages"][-1]["content"]
