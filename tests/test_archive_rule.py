@@ -208,3 +208,35 @@ def test_on_docker_reading_the_tests_is_never_archived(tmp_path, sandbox_image):
                                                       patch(HONEST), gen_reply(EMPTY_TEST, "test_gen_e.py")])
     assert rewards == [0, 1, 2]
     assert [json.loads(s["messages"][-1]["content"])["edits"][0]["content"] for s in archived] == [HONEST]
+
+
+def test_rounds_on_a_directory_task_hold_back_or_archive_nothing(tmp_path):
+    """The rounds driver, ``dir:`` tasks without hidden tests: the reader is verified where nothing can
+    be held back but never archived (the round says so); where a test is held back it fails it."""
+    from orchestrator.agent.rounds import Rounds
+    from orchestrator.config import RunConfig
+    from orchestrator.evaluation.suites import Suite, SuiteTask
+    from orchestrator.models.backends import Backend
+
+    class Reader(Backend):
+        name, model_id = "fake", "fake-model"
+
+        def generate_many(self, messages, phase, task=None, n=1, temperature=0.8, seed=None, fmt=None):
+            return [json.dumps({"rationale": "r", "edits": [{"path": "example.py", "content": READS_TESTS}]})] * n
+
+    def run(name, tests_text):
+        d = write_tree(tmp_path / name / "ws", {"example.py": BUGGY, "test_example.py": tests_text})
+        cfg = RunConfig.load()
+        cfg.rounds.rounds, cfg.rounds.tasks_per_round, cfg.rounds.k, cfg.rounds.concurrency = 1, 1, 1, 1
+        cfg.rounds.train = False
+        out = io.StringIO()
+        suite = Suite(name="dir", seed=0, tasks=[SuiteTask(id="dir:ws", kind="dir", source=f"dir:{d}", split="train",
+                                                           path=str(d))])
+        with use(FakeSandbox(fn=in_container)):
+            state = Rounds(tmp_path / name / "run", cfg, Reader(), suite, console=Console(file=out, width=400)).run()
+        return state.rounds[0], out.getvalue(), samples(tmp_path / name / "run")
+
+    rec, out, archived = run("off", UNJUDGEABLE)
+    assert rec.verified == 1 and rec.unjudged_tasks == 1 and archived == [] and "archive off for 1 task" in out
+    rec, out, archived = run("held", TWO_TESTS)
+    assert rec.verified == 0 and rec.unjudged_tasks == 0 and archived == [] and "archive off" not in out
