@@ -84,7 +84,7 @@ class SandboxLimits(BaseModel):
     nofile: int = Field(1024, ge=64)
     fsize_mb: int = Field(64, ge=1)
     output_tail_bytes: int = Field(16384, ge=0)
-    max_report_bytes: int = Field(48 * 1024 * 1024, ge=1024)
+    max_report_bytes: int = Field(256 * 1024 * 1024, ge=1024)
     max_workspace_bytes: int = Field(256 * 1024 * 1024, ge=1024)
     runtime: str = ""
     # Where runs go (orchestrator/sandbox/interface.py): "docker" (one fresh container per run), "docker-pool"

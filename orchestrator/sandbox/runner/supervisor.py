@@ -49,7 +49,13 @@ PACKAGE = __package__
 PLUGIN_MODULE = PACKAGE + ".reporter"
 PYTHON = sys.executable or "/usr/bin/python3"
 FRAME_TAG = "RSI1"
-MAX_EVENT_BYTES = 16 * 1024 * 1024
+# The result stream's budget scales with the suite: EVENT_BYTES_BASE plus EVENT_BYTES_PER_TEST for
+# each collected test (a passing test sends its node id twice: once collected, once in its call
+# report; the reporter leaves out passing setups and teardowns), never more than MAX_EVENT_BYTES in
+# all (the supervisor holds it in the container's memory, and the host reads it back in one frame).
+EVENT_BYTES_BASE = 16 * 1024 * 1024
+EVENT_BYTES_PER_TEST = 2048
+MAX_EVENT_BYTES = 112 * 1024 * 1024
 MAX_SCAN_BYTES = 1024 * 1024
 MAX_WORKER_STARTS = 16
 SKIP_DIRS = {"__pycache__", "node_modules", "site-packages"}
@@ -268,8 +274,10 @@ def finish_phase(phase: dict, timeout_s: float, stdin_data: bytes | None = None,
     output_reader.join(5)
     exit_code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else -os.WTERMSIG(status)
     events, stream_errors = _parse_events(bytes(events_reader.data))
-    if events_reader.overflow:
-        stream_errors.append(f"more than {MAX_EVENT_BYTES} bytes of events")
+    budget = event_budget(events)
+    if events_reader.overflow or events_reader.total > budget:
+        stream_errors.append(f"more than {min(budget, MAX_EVENT_BYTES)} bytes of events "
+                             f"({events_reader.total} sent)")
     return {
         "events": events,
         "stream_errors": stream_errors,
@@ -280,6 +288,15 @@ def finish_phase(phase: dict, timeout_s: float, stdin_data: bytes | None = None,
         "output_bytes": output_reader.total,
         "duration_s": time.monotonic() - start,
     }
+
+
+def event_budget(events: list) -> int:
+    """Bytes the result stream may take: a base plus a share per collected test (the first
+    ``collected`` event's ids; a second one is tampering the grader reports), within MAX_EVENT_BYTES."""
+    for ev in events:
+        if isinstance(ev, dict) and ev.get("e") == "collected" and isinstance(ev.get("ids"), list):
+            return min(MAX_EVENT_BYTES, EVENT_BYTES_BASE + EVENT_BYTES_PER_TEST * len(ev["ids"]))
+    return EVENT_BYTES_BASE
 
 
 def pytest_targets(paths: list[str]) -> list[str]:
