@@ -65,6 +65,16 @@ def api_key_for(url: str) -> str | None:
     return _keys.get(_root(url)) or os.environ.get(KEY_ENV) or None
 
 
+def remember_key(url: str, key: str) -> None:
+    """The key of a server this process started elsewhere (the GPU profile's container)."""
+    _keys[_root(url)] = key
+
+
+def forget_key(url: str, key: str | None) -> None:
+    if key is not None and _keys.get(_root(url)) == key:
+        _keys.pop(_root(url), None)
+
+
 class EngineError(RuntimeError):
     """The inference server cannot be started or reached."""
 
@@ -281,7 +291,7 @@ class Engine:
         except BaseException:
             self._forget()
             raise
-        _keys[_root(self.url)] = self.api_key
+        remember_key(self.url, self.api_key)
         atexit.register(self.stop)
         self.record = folder / f"{self.proc.pid}.json"
         self.record.write_text(json.dumps({
@@ -334,8 +344,8 @@ class Engine:
         if self._guard_dir:
             shutil.rmtree(self._guard_dir, ignore_errors=True)
             self._guard_dir = None
-        if self.port is not None and _keys.get(_root(self.url)) == self.api_key:
-            _keys.pop(_root(self.url), None)
+        if self.port is not None:
+            forget_key(self.url, self.api_key)
 
     @property
     def running(self) -> bool:

@@ -160,10 +160,11 @@ def server_command(section: GpuSection, model_dir: Path, port: int, served_name:
 
 
 def container_kwargs(section: GpuSection, model_dir: Path, adapters_dir: Path, host_port: int,
-                     served_name: str = "base") -> dict:
+                     served_name: str = "base", api_key: str | None = None) -> dict:
     """``client.containers.run(**kwargs)`` for the ``vllm/vllm-openai`` image with the GPU: the model
     read-only at /model, the adapters directory read-only at the same path as on the host (so
-    ``/v1/load_lora_adapter`` takes host paths), the API on 127.0.0.1:host_port only."""
+    ``/v1/load_lora_adapter`` takes host paths), the API on 127.0.0.1:host_port only, requests under
+    /v1 (adapter loading included) only with ``api_key`` (in the environment, not the command line)."""
     import docker
 
     adapters_dir = Path(adapters_dir).resolve()
@@ -174,7 +175,7 @@ def container_kwargs(section: GpuSection, model_dir: Path, adapters_dir: Path, h
         volumes={str(Path(model_dir).resolve()): {"bind": "/model", "mode": "ro"},
                  str(adapters_dir): {"bind": str(adapters_dir), "mode": "ro"}},
         ports={f"{SERVER_PORT_IN_CONTAINER}/tcp": ("127.0.0.1", host_port)},
-        environment=server_env(section), shm_size=section.shm_size,
+        environment=server_env(section) | ({"VLLM_API_KEY": api_key} if api_key else {}), shm_size=section.shm_size,
         labels={LABEL: "server"}, cap_drop=["ALL"], security_opt=["no-new-privileges"],
     )
 
@@ -274,15 +275,19 @@ def server_asleep(root_url: str, section: GpuSection, session=None, timeout_s: f
         return
     import requests
 
+    from orchestrator.models.engine import api_key_for
+
     http = session or requests
-    resp = http.post(f"{root_url}/sleep", params={"level": "1"}, timeout=timeout_s)
+    key = api_key_for(root_url)  # the server's key (every path but /health needs it)
+    auth = {"headers": {"Authorization": f"Bearer {key}"}} if key else {}
+    resp = http.post(f"{root_url}/sleep", params={"level": "1"}, timeout=timeout_s, **auth)
     if resp.status_code != 200:
         raise GpuProfileError(f"vLLM refused to sleep (HTTP {resp.status_code}): start it with "
                               "--enable-sleep-mode and VLLM_SERVER_DEV_MODE=1")
     try:
         yield
     finally:
-        resp = http.post(f"{root_url}/wake_up", timeout=timeout_s)
+        resp = http.post(f"{root_url}/wake_up", timeout=timeout_s, **auth)
         if resp.status_code != 200:
             raise GpuProfileError(f"vLLM did not wake up (HTTP {resp.status_code})")
 
@@ -368,6 +373,7 @@ class ContainerServer:
         self.client, self.section, self.served_name = client, section, served_name
         self.model_dir, self.adapters_dir, self.port = Path(model_dir), Path(adapters_dir), port
         self.container = None
+        self.api_key: str | None = None
 
     @property
     def root_url(self) -> str:
@@ -390,8 +396,14 @@ class ContainerServer:
 
             self.port = free_port()
         self.adapters_dir.mkdir(parents=True, exist_ok=True)
+        import secrets
+
+        from orchestrator.models.engine import remember_key
+
+        self.api_key = secrets.token_urlsafe(32)  # other local users reach 127.0.0.1 too (issue 24)
         self.container = self.client.containers.run(**container_kwargs(
-            self.section, self.model_dir, self.adapters_dir, self.port, self.served_name))
+            self.section, self.model_dir, self.adapters_dir, self.port, self.served_name, self.api_key))
+        remember_key(self.root_url, self.api_key)
         atexit.register(self.stop)
         say(f"vLLM (GPU, {self.section.vllm_image}): starting on {self.model_dir.name} at {self.base_url} ...")
         started = time.monotonic()
@@ -418,6 +430,10 @@ class ContainerServer:
         import atexit
 
         container, self.container = self.container, None
+        if self.api_key:
+            from orchestrator.models.engine import forget_key
+
+            forget_key(self.root_url, self.api_key)
         if container is not None:
             try:
                 container.remove(force=True)
