@@ -20,12 +20,25 @@ def test_the_container_server_has_a_key_in_its_environment(tmp_path, monkeypatch
         key = server.api_key
         assert len(key) >= 40 and kw["environment"]["VLLM_API_KEY"] == key
         assert not any(key in arg for arg in kw["command"])
+        # the guard on every other path (SageMaker's /adapters loads adapters too), as on the CPU engine
+        assert kw["command"][kw["command"].index("--middleware") + 1] == "rsi_vllm_guard.Guard"
+        assert kw["volumes"][str(engine.GUARD)] == {"bind": "/rsi-guard/rsi_vllm_guard.py", "mode": "ro"}
+        assert kw["environment"]["PYTHONPATH"] == "/rsi-guard"
         assert engine.api_key_for(server.base_url) == key == engine.api_key_for(server.root_url)
         server.stop()
         assert engine.api_key_for(server.base_url) is None
     finally:
         srv.shutdown()
     assert "VLLM_API_KEY" not in gpu.container_kwargs(GpuSection(), tmp_path, tmp_path, 1)["environment"]
+    kept = gpu.container_kwargs(GpuSection(), tmp_path, tmp_path, 1, api_key="k", image_pythonpath="/opt/x")
+    assert kept["environment"]["PYTHONPATH"] == "/rsi-guard:/opt/x"  # the image's own path stays
+
+    class Images:
+        def get(self, name):
+            return type("I", (), {"attrs": {"Config": {"Env": ["PATH=/bin", "PYTHONPATH=/workspace"]}}})()
+
+    assert gpu.image_env(type("C", (), {"images": Images()})(), "img", "PYTHONPATH") == "/workspace"
+    assert gpu.image_env(object(), "img", "PYTHONPATH") == ""
 
 
 def test_sleep_and_wake_carry_the_key(monkeypatch):

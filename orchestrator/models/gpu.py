@@ -159,25 +159,51 @@ def server_command(section: GpuSection, model_dir: Path, port: int, served_name:
             *vllm_gpu_args(section)]
 
 
+GUARD_IN_CONTAINER = "/rsi-guard"
+
+
 def container_kwargs(section: GpuSection, model_dir: Path, adapters_dir: Path, host_port: int,
-                     served_name: str = "base", api_key: str | None = None) -> dict:
+                     served_name: str = "base", api_key: str | None = None, image_pythonpath: str = "") -> dict:
     """``client.containers.run(**kwargs)`` for the ``vllm/vllm-openai`` image with the GPU: the model
     read-only at /model, the adapters directory read-only at the same path as on the host (so
-    ``/v1/load_lora_adapter`` takes host paths), the API on 127.0.0.1:host_port only, requests under
-    /v1 (adapter loading included) only with ``api_key`` (in the environment, not the command line)."""
+    ``/v1/load_lora_adapter`` takes host paths), the API on 127.0.0.1:host_port only. With
+    ``api_key`` (in the environment, not the command line) every request but /health needs the key,
+    as on the CPU engine: vLLM's check under /v1, the guard middleware (engine.GUARD, mounted read-only,
+    put before the image's own ``image_pythonpath``) on every other path (SageMaker's /adapters...)."""
     import docker
 
+    from orchestrator.models.engine import GUARD, GUARD_MODULE
+
     adapters_dir = Path(adapters_dir).resolve()
+    command = server_command(section, Path("/model"), SERVER_PORT_IN_CONTAINER, served_name, host="0.0.0.0")
+    volumes = {str(Path(model_dir).resolve()): {"bind": "/model", "mode": "ro"},
+               str(adapters_dir): {"bind": str(adapters_dir), "mode": "ro"}}
+    env = server_env(section)
+    if api_key:
+        command += ["--middleware", f"{GUARD_MODULE}.Guard", "--disable-fastapi-docs"]
+        volumes[str(GUARD)] = {"bind": f"{GUARD_IN_CONTAINER}/{GUARD_MODULE}.py", "mode": "ro"}
+        env |= {"VLLM_API_KEY": api_key,
+                "PYTHONPATH": ":".join(p for p in (GUARD_IN_CONTAINER, image_pythonpath) if p)}
     return dict(
-        image=section.vllm_image, detach=True,
-        command=server_command(section, Path("/model"), SERVER_PORT_IN_CONTAINER, served_name, host="0.0.0.0"),
+        image=section.vllm_image, detach=True, command=command,
         device_requests=[docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])],
-        volumes={str(Path(model_dir).resolve()): {"bind": "/model", "mode": "ro"},
-                 str(adapters_dir): {"bind": str(adapters_dir), "mode": "ro"}},
+        volumes=volumes,
         ports={f"{SERVER_PORT_IN_CONTAINER}/tcp": ("127.0.0.1", host_port)},
-        environment=server_env(section) | ({"VLLM_API_KEY": api_key} if api_key else {}), shm_size=section.shm_size,
+        environment=env, shm_size=section.shm_size,
         labels={LABEL: "server"}, cap_drop=["ALL"], security_opt=["no-new-privileges"],
     )
+
+
+def image_env(client, image: str, name: str) -> str:
+    """A variable of the image's own environment (``""`` when unset or the image cannot be read)."""
+    try:
+        for item in client.images.get(image).attrs["Config"]["Env"] or []:
+            key, _, value = item.partition("=")
+            if key == name:
+                return value
+    except Exception:  # noqa: BLE001 - no image information: nothing to keep
+        pass
+    return ""
 
 
 def server_kind(section: GpuSection, client) -> str:
@@ -402,7 +428,8 @@ class ContainerServer:
 
         self.api_key = secrets.token_urlsafe(32)  # other local users reach 127.0.0.1 too (issue 24)
         self.container = self.client.containers.run(**container_kwargs(
-            self.section, self.model_dir, self.adapters_dir, self.port, self.served_name, self.api_key))
+            self.section, self.model_dir, self.adapters_dir, self.port, self.served_name, self.api_key,
+            image_env(self.client, self.section.vllm_image, "PYTHONPATH")))
         remember_key(self.root_url, self.api_key)
         atexit.register(self.stop)
         say(f"vLLM (GPU, {self.section.vllm_image}): starting on {self.model_dir.name} at {self.base_url} ...")
