@@ -63,3 +63,32 @@ def test_no_key_refuses_everything_but_health(monkeypatch):
     assert call(guard, "/health", "GET") == 200
     monkeypatch.setenv("VLLM_API_KEY", KEY)  # the engine passes the key this way
     assert call(Guard(_app), "/v1/models", "GET", [("Authorization", f"Bearer {KEY}")]) == 200
+
+
+def test_a_refused_client_is_told_where_the_key_goes():
+    """The client side: a 401 from a server (`rsi serve` without RSI_VLLM_API_KEY here) is one line
+    that names the variable."""
+    import http.server
+    import threading
+
+    from orchestrator.models.backends import BackendError, VLLMBackend
+
+    class Refuse(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.send_response(401)
+            self.end_headers()
+            self.wfile.write(b'{"error":"Unauthorized"}')
+
+        def log_message(self, *args):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{srv.server_address[1]}/v1"
+        with pytest.raises(BackendError, match=r"answered 401: it needs its key in RSI_VLLM_API_KEY .*prints it once\)$"):
+            VLLMBackend(url, "m").generate([{"role": "user", "content": "x"}], "patch")
+        with pytest.raises(BackendError, match="the one given is wrong"):
+            VLLMBackend(url, "m", api_key="wrong").generate([{"role": "user", "content": "x"}], "patch")
+    finally:
+        srv.shutdown()

@@ -270,6 +270,9 @@ class VLLMBackend(OpenAIBackend):
 
     def _chat(self, body: dict) -> dict:
         resp = self._post(body)
+        if resp.status_code == 401:
+            raise BackendError(f"{self.base_url} answered 401: it needs its key in RSI_VLLM_API_KEY "
+                               "(`rsi serve` prints it once)" + ("; the one given is wrong" if self.api_key else ""))
         if resp.status_code != 200:
             raise BackendError(f"{self.base_url} answered {resp.status_code}: {resp.text[:300]}")
         try:
