@@ -10,12 +10,16 @@ from pathlib import Path
 import click
 
 from orchestrator import logging_setup
+from orchestrator.store.text import printable
+
+# Human-facing output never shows model or container text raw: it goes through printable (control,
+# escape-sequence and bidi characters as escapes); --json output is ASCII JSON (everything else escaped).
 
 EXIT_INFRA = 2
 
 
 def _fail_infra(message: str) -> None:
-    click.echo(f"rsi: {message}", err=True)
+    click.echo(f"rsi: {printable(message)}", err=True)
     sys.exit(EXIT_INFRA)
 
 
@@ -84,20 +88,8 @@ def sandbox_regrade(path: Path, as_json: bool) -> None:
         click.echo(f"{out['runs']} sandbox runs re-graded: {out['agree']} reproduced, {len(out['differ'])} differ")
         for row in out["differ"]:
             detail = f" (then {row['then']}, now {row['now']})" if "now" in row else ""
-            click.echo(f"  - {row['file']}: {row['problem']}{printable(detail)}")
+            click.echo(printable(f"  - {row['file']}: {row['problem']}{detail}"))
     sys.exit(0 if not out["differ"] else 1)
-
-
-_CONTROL = {c: f"\\x{c:02x}" for c in list(range(0, 32)) + [127] if c not in (9,)}
-_CONTROL.update({c: f"\\u{c:04x}" for c in range(0x80, 0xA0)})
-_CONTROL.update({c: f"\\u{c:04x}" for c in (0x200E, 0x200F, 0x202A, 0x202B, 0x202C, 0x202D, 0x202E,
-                                                0x2066, 0x2067, 0x2068, 0x2069, 0x061C)})
-
-
-def printable(text: str) -> str:
-    """Untrusted text (test ids, messages, output from a sandbox) for a terminal: control and
-    bidirectional characters shown as escapes, so nothing can redraw the screen."""
-    return str(text).translate(_CONTROL)
 
 
 @main.group()
@@ -167,15 +159,15 @@ def patch() -> None:
 
 def _print_decision(decision, as_json: bool) -> None:
     if as_json:
-        click.echo(decision.model_dump_json())
+        click.echo(json.dumps(decision.model_dump(mode="json")))
         return
     if decision.accepted:
         click.echo(click.style("ACCEPTED", fg="green", bold=True))
         for e in decision.edits:
-            click.echo(f"  {e.path} ({len(e.content.encode())} bytes)")
+            click.echo(f"  {printable(e.path)} ({len(e.content.encode('utf-8', 'surrogatepass'))} bytes)")
     else:
         click.echo(click.style("REJECTED", fg="red", bold=True))
-        click.echo(decision.feedback())
+        click.echo(printable(decision.feedback(), keep_newlines=True))
 
 
 @patch.command("check")
@@ -554,9 +546,10 @@ def train_cmd(samples: Path, output: Path, config_file: Path | None, model_dir: 
 
             model_dir = resolve(model_dir)
         metrics = run_training(samples, output, config, model_dir, gpu=gpu,
-                               on_log=lambda lines: click.echo("\n".join(lines[-15:]), err=True))
+                               on_log=lambda lines: click.echo(printable("\n".join(lines[-15:]), keep_newlines=True),
+                                                               err=True))
     except TrainerInputError as exc:
-        click.echo(f"rsi: refused: {exc}", err=True)
+        click.echo(f"rsi: refused: {printable(exc)}", err=True)
         sys.exit(1)
     except (InfraError, TrainerError, ModelUnavailable) as exc:
         _fail_infra(str(exc))
@@ -829,42 +822,45 @@ def status_cmd(run_dir: Path, as_json: bool) -> None:
     from orchestrator.agent.state import AgentState, state_path
     from orchestrator.store.audit import verify
 
+    def echo(text: str) -> None:  # every line may hold model or container text
+        click.echo(printable(text))
+
     if is_rounds_dir(run_dir):  # a rounds run: one line per round
         r = RoundsState.model_validate_json((run_dir / STATE_FILE).read_text())
         if as_json:
-            click.echo(r.model_dump_json())
+            click.echo(json.dumps(r.model_dump(mode="json")))
             return
-        click.echo(f"rounds run {r.run_id}  suite {r.suite}  backend {r.backend} ({r.model_id})  adapter "
-                   f"{r.current_adapter or 'base'}; samples {r.samples}; generated {r.generated}")
-        click.echo(f"stop reason: {r.stop_reason or '(running or interrupted; resume with rsi run --resume)'}")
+        echo(f"rounds run {r.run_id}  suite {r.suite}  backend {r.backend} ({r.model_id})  adapter "
+             f"{r.current_adapter or 'base'}; samples {r.samples}; generated {r.generated}")
+        echo(f"stop reason: {r.stop_reason or '(running or interrupted; resume with rsi run --resume)'}")
         for rec in r.rounds:
-            click.echo(f"  round {rec.round}: {len(rec.done)}/{len(rec.task_ids)} tasks, {rec.verified}/"
-                       f"{rec.candidates} verified, {rec.samples_added} new samples, step {rec.step}"
-                       + (f", adapter {rec.burst.adapter}: {rec.burst.reason}" if rec.burst else ""))
+            echo(f"  round {rec.round}: {len(rec.done)}/{len(rec.task_ids)} tasks, {rec.verified}/"
+                 f"{rec.candidates} verified, {rec.samples_added} new samples, step {rec.step}"
+                 + (f", adapter {rec.burst.adapter}: {rec.burst.reason}" if rec.burst else ""))
         return
     if not state_path(run_dir).exists():
         _fail_infra(f"{run_dir} has no state.json")
     s = AgentState.load(state_path(run_dir))
     audit_ok = verify(run_dir / "audit.jsonl").ok if (run_dir / "audit.jsonl").exists() else False
     if as_json:
-        click.echo(json.dumps(s.model_dump() | {"audit_intact": audit_ok}))
+        click.echo(json.dumps(s.model_dump(mode="json") | {"audit_intact": audit_ok}))
         return
-    click.echo(f"run {s.run_id}  task {s.task_id}  backend {s.backend} ({s.model_id})")
-    click.echo(f"iteration {s.iteration}, next step {s.step}; best reward {s.best_reward}/{s.max_reward}; "
-               f"plateau {s.plateau}; samples {s.samples}; audit {'intact' if audit_ok else 'TAMPERED'}")
-    click.echo(f"stop reason: {s.stop_reason or '(running or interrupted; resume with rsi run --resume)'}")
+    echo(f"run {s.run_id}  task {s.task_id}  backend {s.backend} ({s.model_id})")
+    echo(f"iteration {s.iteration}, next step {s.step}; best reward {s.best_reward}/{s.max_reward}; "
+         f"plateau {s.plateau}; samples {s.samples}; audit {'intact' if audit_ok else 'TAMPERED'}")
+    echo(f"stop reason: {s.stop_reason or '(running or interrupted; resume with rsi run --resume)'}")
     if s.current_adapter or s.train_plateau:
-        click.echo(f"current adapter {s.current_adapter or 'base'}; training bursts without a held-out "
-                   f"improvement beyond noise: {s.train_plateau}")
+        echo(f"current adapter {s.current_adapter or 'base'}; training bursts without a held-out "
+             f"improvement beyond noise: {s.train_plateau}")
     if (run_dir / "audit.jsonl").exists():
         from orchestrator.store.audit import read_events
         from orchestrator.store.telemetry import hack_telemetry, line
 
-        click.echo(line(hack_telemetry(read_events(run_dir / "audit.jsonl"))))
+        echo(line(hack_telemetry(read_events(run_dir / "audit.jsonl"))))
     for rec in s.history:
         t = " ".join(f"{k}={v:.1f}s" for k, v in rec.timings.items())
-        click.echo(f"  #{rec.iteration}: reward {rec.reward} ({rec.verdict}) "
-                   f"{'improved' if rec.improved else 'no gain'}; tests kept {rec.tests_accepted}; {t}")
+        echo(f"  #{rec.iteration}: reward {rec.reward} ({rec.verdict}) "
+             f"{'improved' if rec.improved else 'no gain'}; tests kept {rec.tests_accepted}; {t}")
 
 
 if __name__ == "__main__":

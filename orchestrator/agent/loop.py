@@ -434,7 +434,9 @@ class Loop:
 def _digest(result: SandboxResult) -> str:
     import hashlib
 
-    return hashlib.sha256(result.model_dump_json(exclude={"duration_s", "output", "evidence_id"}).encode()).hexdigest()
+    # json.dumps, not model_dump_json: a container's text may hold lone surrogates (issue 24)
+    data = json.dumps(result.model_dump(mode="json", exclude={"duration_s", "output", "evidence_id"}), sort_keys=True)
+    return hashlib.sha256(data.encode()).hexdigest()
 
 
 def _judged_summary(result: SandboxResult) -> dict | None:

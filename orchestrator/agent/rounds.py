@@ -704,7 +704,9 @@ def _safe(task_id: str) -> str:
 
 
 def _digest(result: SandboxResult) -> str:
-    return hashlib.sha256(result.model_dump_json(exclude={"duration_s", "output", "evidence_id"}).encode()).hexdigest()
+    # json.dumps, not model_dump_json: a container's text may hold lone surrogates (issue 24)
+    data = json.dumps(result.model_dump(mode="json", exclude={"duration_s", "output", "evidence_id"}), sort_keys=True)
+    return hashlib.sha256(data.encode()).hexdigest()
 
 
 def resolve_suite(suite: str | None, tasks: str | None, seed: int) -> Suite:

@@ -5,12 +5,26 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from orchestrator.protocol.workspace import atomic_write
+from orchestrator.store.text import escape_surrogates_in, json_line
 
 
-class IterationRecord(BaseModel):
+class _Text(BaseModel):
+    """Every string of the state is text: a lone surrogate (from a container's report or an exception
+    message, never valid UTF-8) becomes its backslash escape ``\\udc80`` on the way in (construction,
+    assignment, loading), so the state always saves and the next prompt can always be sent."""
+
+    model_config = ConfigDict(validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _escape_surrogates(cls, value):
+        return escape_surrogates_in(value)
+
+
+class IterationRecord(_Text):
     iteration: int
     reward: int | None = None
     best_reward: int | None = None
@@ -24,7 +38,7 @@ class IterationRecord(BaseModel):
     notes: list[str] = Field(default_factory=list)
 
 
-class AgentState(BaseModel):
+class AgentState(_Text):
     run_id: str
     task_id: str
     backend: str
@@ -49,11 +63,13 @@ class AgentState(BaseModel):
     stop_reason: str | None = None
 
     def save(self, path: Path) -> None:
-        atomic_write(path, self.model_dump_json(indent=2).encode())
+        # json_line, not model_dump_json: a surrogate that slipped past the validator (a nested list
+        # mutated in place) is written as a JSON escape instead of failing the save; load escapes it.
+        atomic_write(path, (json_line(self.model_dump(mode="json"), indent=2) + "\n").encode("utf-8"))
 
     @classmethod
     def load(cls, path: Path) -> "AgentState":
-        return cls.model_validate(json.loads(Path(path).read_text()))
+        return cls.model_validate(json.loads(Path(path).read_text(encoding="utf-8")))
 
     def record(self, iteration: int) -> IterationRecord:
         for rec in self.history:

@@ -199,7 +199,7 @@ def contamination(samples_file: Path, split: str = "heldout", n: int = 13) -> li
     """Held-out problems whose prompt body or canonical solution shares an n-gram with the archive."""
     archive = set()
     if samples_file.exists():
-        for line in samples_file.read_text().splitlines():
+        for line in samples_file.read_text(encoding="utf-8").split("\n"):  # JSON Lines: never splitlines
             if line.strip():
                 for m in json.loads(line).get("messages", []):
                     archive |= ngrams(m.get("content", ""), n)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from orchestrator.agent.state import AgentState, state_path
 from orchestrator.store.audit import read_events, verify
+from orchestrator.store.text import printable
 from orchestrator.store.telemetry import hack_telemetry, line
 from orchestrator.training.adapters import Registry
 from orchestrator.training.gate import cached_summaries
@@ -189,5 +190,6 @@ def write_report(run_dir: Path) -> Path:
                      f"{t['nonplain_calls']} | {t['tampered']} | {t['proven_hacks']} |")
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     out = run_dir / "report.md"
-    out.write_text("\n".join(lines) + "\n")
+    # printable: a run's texts (stop reason, refusals, decisions) may quote a model or a container
+    out.write_text("\n".join(printable(x) for x in lines) + "\n", encoding="utf-8")
     return out

@@ -13,6 +13,7 @@ from pathlib import Path
 from orchestrator.agent.rounds import STATE_FILE, RoundsState
 from orchestrator.evaluation.report import gate_tables, heldout_plot, loss_plot, save_plot
 from orchestrator.store.audit import read_events, verify
+from orchestrator.store.text import printable
 from orchestrator.training.adapters import Registry
 from orchestrator.training.gate import cached_summaries
 
@@ -98,5 +99,6 @@ def write_rounds_report(run_dir: Path) -> Path:
     lines += gate_tables(adapters, heldout)
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     out = run_dir / "report.md"
-    out.write_text("\n".join(lines) + "\n")
+    # printable: a run's texts (stop reason, refusals, decisions) may quote a model or a container
+    out.write_text("\n".join(printable(x) for x in lines) + "\n", encoding="utf-8")
     return out

@@ -19,6 +19,7 @@ import gzip
 import hashlib
 import json
 import threading
+import zlib
 from pathlib import Path
 
 from orchestrator.sandbox.runner.codec import CodecError
@@ -75,8 +76,11 @@ def save(result, evidence: dict, baseline=None) -> str | None:
 
 def load(path: Path) -> tuple[dict, bool]:
     """(record, whether the content still matches the file's name)."""
-    with gzip.open(path, "rb") as fh:
-        data = fh.read(MAX_EVIDENCE_BYTES + 1)
+    try:
+        with gzip.open(path, "rb") as fh:
+            data = fh.read(MAX_EVIDENCE_BYTES + 1)
+    except zlib.error as exc:  # a valid gzip header, then data that is not deflate (a bad CRC is an OSError)
+        raise ValueError(f"{path.name}: not gzip data ({exc})") from exc
     if len(data) > MAX_EVIDENCE_BYTES:
         raise ValueError(f"{path.name}: larger than {MAX_EVIDENCE_BYTES} bytes")
     intact = hashlib.sha256(data).hexdigest() == path.name.split(".", 1)[0]

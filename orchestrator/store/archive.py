@@ -5,6 +5,11 @@ Each line goes out in one ``write`` on an O_APPEND descriptor and is fsync'd; a 
 last line (a crash mid-write) is cut off when the archive is opened. Samples are
 de-duplicated by the SHA-256 of their messages, so replaying a step after a crash never
 adds a second copy.
+
+Lines are written with ``text.json_line`` (U+2028/U+2029/U+0085 as ``\\u`` escapes, so a record is one
+line for every reader); readers split on ``\\n`` only. A sample holding a lone surrogate (not
+Unicode text: no tokenizer can train on it, and it came from no token a model generated) is refused,
+not archived: ``add`` returns False and ``refused`` says why.
 """
 
 from __future__ import annotations
@@ -14,9 +19,29 @@ import json
 import os
 from pathlib import Path
 
+import structlog
+
+from orchestrator.store.text import has_surrogates, json_line, jsonl_lines
+
+log = structlog.get_logger()
+
 
 def messages_digest(messages: list[dict]) -> str:
-    return hashlib.sha256(json.dumps(messages, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+    # surrogatepass: the same digest as before for all text (a lone surrogate could not be hashed at all)
+    text = json.dumps(messages, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def refusal(messages: list[dict]) -> str | None:
+    """Why ``messages`` cannot be a training sample (None: it can)."""
+    for n, m in enumerate(messages):
+        content = m.get("content") if isinstance(m, dict) else None
+        if not isinstance(content, str):
+            return f"message {n} has no text content"
+        if has_surrogates(content):
+            return (f"message {n} ({m.get('role')}) holds a lone surrogate: not Unicode text, no tokenizer "
+                    "can train on it")
+    return None
 
 
 def append_line(path: Path, line: str) -> None:
@@ -51,22 +76,26 @@ class Archive:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         cut_torn_tail(self.path)
         self.digests: set[str] = set()
+        self.refused: str | None = None  # why the last add refused its sample (None: it did not)
         if self.path.exists():
-            with open(self.path, encoding="utf-8") as fh:
-                for line in fh:
-                    if line.strip():
-                        self.digests.add(json.loads(line)["sha256"])
+            for line in jsonl_lines(self.path.read_bytes().decode("utf-8")):
+                if line.strip():
+                    self.digests.add(json.loads(line)["sha256"])
 
     def __len__(self) -> int:
         return len(self.digests)
 
     def add(self, messages: list[dict], provenance: dict) -> bool:
-        """Append a sample; False when the same messages are already archived."""
+        """Append a sample; False when the same messages are already archived, or when the sample is
+        refused (``refused`` then says why)."""
+        self.refused = refusal(messages)
+        if self.refused:
+            log.warning("archive.refused", reason=self.refused, provenance=provenance)
+            return False
         digest = messages_digest(messages)
         if digest in self.digests:
             return False
-        line = json.dumps({"messages": messages, "provenance": provenance, "sha256": digest},
-                          ensure_ascii=False, sort_keys=True)
+        line = json_line({"messages": messages, "provenance": provenance, "sha256": digest}, sort_keys=True)
         append_line(self.path, line)
         self.digests.add(digest)
         return True

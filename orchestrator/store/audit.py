@@ -5,6 +5,10 @@ canonical JSON: sorted keys, no spaces); the first line's ``prev`` is 64 zeros. 
 file beside the log (``audit.jsonl.head``: line count and last hash, replaced
 atomically after each append) anchors the end, so removing or editing the last line
 shows too. ``verify`` names the first bad line.
+
+Lines are ``text.json_line``: a reply's lone surrogates and U+2028/U+2029/U+0085 are written as
+JSON ``\\u`` escapes, so every event is kept exactly, as one line of valid UTF-8 (a log written
+before, with those three characters raw, still verifies).
 """
 
 from __future__ import annotations
@@ -18,11 +22,17 @@ from pathlib import Path
 import structlog
 
 from orchestrator.store.archive import append_line, cut_torn_tail
+from orchestrator.store.text import json_line, jsonl_lines
 
 GENESIS = "0" * 64
 
 
 def canonical(obj: dict) -> str:
+    return json_line(obj, sort_keys=True, separators=(",", ":"))
+
+
+def _legacy_canonical(obj: dict) -> str:
+    """The canonical form before U+2028/U+2029/U+0085 were escaped."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
@@ -133,7 +143,7 @@ def verify(path: Path | str) -> VerifyResult:
                 seq = obj.get("seq") if isinstance(obj, dict) else None
                 if isinstance(seq, int) and seq > n - 1:
                     seq_ahead.add(n)  # lines are missing before this one
-            elif canonical(obj) != line:
+            elif canonical(obj) != line and _legacy_canonical(obj) != line:
                 problems.setdefault(n, "not in canonical form (edited)")
     n = len(lines)
     hashes = [_sha(line) for line in lines]
@@ -181,5 +191,16 @@ def verify(path: Path | str) -> VerifyResult:
 
 
 def read_events(path: Path | str) -> list[dict]:
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+    """The log's events, in order. Split on ``\\n`` only; a line that is not a JSON object (a log
+    edited by hand: ``verify`` names it) is shown as an ``unreadable_line`` event, never a traceback."""
+    events = []
+    lines = jsonl_lines(Path(path).read_bytes().decode("utf-8", "replace"))
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            obj = None
+        events.append(obj if isinstance(obj, dict) else {"event": "unreadable_line", "line": n})
+    return events

@@ -1,12 +1,18 @@
-"""Read and validate the SFT archive before any model is loaded."""
+"""Read and validate the SFT archive before any model is loaded.
+
+Records are split on ``\\n`` only: ``str.splitlines`` would also split at U+2028, U+2029, U+0085,
+form feeds and more, which an archive written before they were escaped holds raw inside its strings.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 ROLES = {"system", "user", "assistant"}
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class BadSamples(ValueError):
@@ -29,7 +35,7 @@ def load_samples(path: Path, min_samples: int, max_samples: int, max_bytes: int)
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise BadSamples(f"samples file is not UTF-8 (byte {exc.start})") from None
-    for n, line in enumerate(text.splitlines(), start=1):
+    for n, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -42,6 +48,8 @@ def load_samples(path: Path, min_samples: int, max_samples: int, max_bytes: int)
         for m in msgs:
             if not (isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str)):
                 raise BadSamples(f"line {n}: each message needs a role (system/user/assistant) and text content")
+            if _SURROGATE.search(m["content"]):
+                raise BadSamples(f"line {n}: a message holds a lone surrogate (not Unicode text)")
         if msgs[-1]["role"] != "assistant" or not msgs[-1]["content"].strip():
             raise BadSamples(f"line {n}: the last message must be the assistant's (non-empty) reply")
         rows.append({"prompt": msgs[:-1], "completion": [msgs[-1]]})
