@@ -8,6 +8,9 @@ loaded in 4 bit, the optimizer is AdamW 8-bit, samples are packed into rows of m
 for architectures it cannot pack, e.g. gpt-oss) and batches are grouped by length (less
 padding where packing is off); Unsloth's loss is chunked/fused. On the CPU Unsloth's fallback
 trains in full precision with AdamW, unpacked, in random order. Loss covers the assistant's reply only (prompt-completion rows).
+Rows are tokenized here (chat_tokens.py), not by TRL/Unsloth: only the chat template's own special
+tokens become control tokens, a special-token string in a message stays ordinary text; a row the
+template cannot render that way is left out and named (metrics' ``left_out``).
 Everything is written to a temporary directory inside O and renamed into place at the
 end, so a failed run leaves no adapter behind. Exit 0 on success, 2 on bad input, 1 on a
 training failure.
@@ -24,6 +27,7 @@ import sys
 import time
 from pathlib import Path
 
+from .chat_tokens import encode_rows
 from .config import TrainConfig
 from .samples import BadSamples, load_samples
 
@@ -102,7 +106,14 @@ def train(rows: list[dict], digest: str, cfg: TrainConfig, model_dir: Path, out:
         model, r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
         target_modules=cfg.target_modules, bias="none", random_state=cfg.seed,
         use_gradient_checkpointing="unsloth" if gpu else False)
-    dataset = Dataset.from_list(rows)
+    # Pre-tokenized (input_ids + completion_mask): TRL and Unsloth skip their own tokenization, which would
+    # turn special-token strings inside a reply into control tokens.
+    encoded, left_out = encode_rows(tokenizer, rows, cfg.max_length)
+    for line in left_out:
+        print(f"rsi-trainer: left out {line}", file=sys.stderr, flush=True)
+    if not encoded:
+        raise ValueError(f"no sample can be tokenized with its text kept as text ({left_out[0]})")
+    dataset = Dataset.from_list(encoded)
     args = SFTConfig(
         output_dir=str(out / "checkpoints"), per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.learning_rate,
@@ -136,7 +147,8 @@ def train(rows: list[dict], digest: str, cfg: TrainConfig, model_dir: Path, out:
         "tokens_per_s": round(seen[-1] / seconds, 2) if seen and seconds else 0.0,
         "step_seconds": [round(x, 4) for x in timer.seconds], "warmup_steps": warmup_steps,
         "tokens_per_s_after_warmup": steady,
-        "peak_memory_gib": round(_peak_memory_gib(gpu), 3), "samples": len(rows), "data_sha256": digest,
+        "peak_memory_gib": round(_peak_memory_gib(gpu), 3), "samples": len(encoded), "data_sha256": digest,
+        "left_out": left_out,
         "device": "cuda" if gpu else "cpu", "load_in_4bit": load_in_4bit, "optim": optim,
         # what the trainer actually did (Unsloth may turn packing / padding-free off for an architecture)
         "packing": bool(getattr(trainer.args, "packing", False)),
