@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import inspect
 import shutil
+import subprocess
+import sys
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -225,22 +227,61 @@ def test_a_dependency_that_cannot_be_had_is_one_clear_line(client, tmp_path):
     assert "\n" not in message and "pretend==999.0.0" in message and "cannot be had" in message, message
 
 
-def test_a_dependency_whose_compilation_fails_is_one_clear_line(client, tmp_path):
-    sdist_dir = tmp_path / "broken-1.0"
-    sdist_dir.mkdir()
-    (sdist_dir / "setup.py").write_text(
-        "from setuptools import setup, Extension\n"
-        "setup(name='broken', version='1.0', ext_modules=[Extension('broken', ['broken.c'])])\n")
-    (sdist_dir / "broken.c").write_text("#error this extension does not compile\n")
-    (sdist_dir / "PKG-INFO").write_text("Metadata-Version: 2.1\nName: broken\nVersion: 1.0\n")
-    archive = tmp_path / "broken-1.0.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(sdist_dir, arcname="broken-1.0")
-    proj = _tiny_project(tmp_path / "p", f"broken @ {archive.as_uri()}")
+def _marker_sdist(tmp_path: Path, marker: Path) -> Path:
+    """A source package whose ``setup.py`` writes ``marker`` when anything builds it or asks it for
+    metadata (what a hostile dependency would do, as root, on the host)."""
+    src = tmp_path / "evilpkg-1.0"
+    src.mkdir()
+    (src / "setup.py").write_text(
+        f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran on the host')\n"
+        "from setuptools import setup\nsetup(name='evilpkg', version='1.0', py_modules=['evilpkg'])\n")
+    (src / "evilpkg.py").write_text("X = 1\n")
+    (src / "PKG-INFO").write_text("Metadata-Version: 2.1\nName: evilpkg\nVersion: 1.0\n")
+    return src
+
+
+@pytest.mark.parametrize("form", ["directory", "sdist", "pyproject"])
+def test_a_source_dependency_never_runs_on_the_host(tmp_path, form):
+    """Issue 23, item 2: a ``file://`` directory, a source archive, or such a reference in
+    pyproject.toml is refused in one line naming it, before pip is called; its setup.py never runs.
+    Positive control: pip, asked the old way (``pip download`` of the reference), runs that setup.py."""
+    from orchestrator.sandbox.project_image import project_spec
+
+    marker = tmp_path / "marker"
+    src = _marker_sdist(tmp_path, marker)
+    ref = src.as_uri()
+    if form == "sdist":
+        archive = tmp_path / "evilpkg-1.0.tar.gz"
+        with tarfile.open(archive, "w:gz") as tar:
+            tar.add(src, arcname="evilpkg-1.0")
+        ref = archive.as_uri()
+    proj = tmp_path / "p"
+    proj.mkdir()
+    (proj / "pkg.py").write_text("def one():\n    return 1\n")
+    if form == "pyproject":
+        (proj / "pyproject.toml").write_text(f'[project]\nname = "p"\nversion = "1"\ndependencies = ["evilpkg @ {ref}"]\n')
+    else:
+        (proj / "requirements-test.txt").write_text(f"evilpkg @ {ref}\n")
     with pytest.raises(ProjectImageError) as info:
-        build_project_image(client, proj)
+        project_spec(proj)
     message = str(info.value)
-    assert "\n" not in message and "dependency broken" in message and "compiling it on the host failed" in message, message
+    assert "\n" not in message and "evilpkg" in message and "refused" in message, message
+    assert not marker.exists()
+    # Positive control: the reference is live; pip preparing it runs its setup.py here.
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-build-isolation",
+                    "-d", str(tmp_path / "dl"), f"evilpkg @ {ref}"], capture_output=True, text=True, timeout=300)
+    assert marker.read_text() == "ran on the host", "the positive control did not run setup.py"
+
+
+@pytest.mark.parametrize("req", ["./vendor/evilpkg", "git+https://example.invalid/evil.git",
+                                 "evilpkg @ https://example.invalid/evilpkg-1.0.tar.gz", "evil pkg"])
+def test_requirements_that_are_not_names_or_wheels_are_refused(req, tmp_path):
+    from orchestrator.sandbox.project_image import check_requirement
+
+    with pytest.raises(ProjectImageError, match="refused"):
+        check_requirement(req)
+    check_requirement("evilpkg @ https://example.invalid/evilpkg-1.0-py3-none-any.whl")  # a wheel: fine
+    check_requirement("attrs[tests]>=23; python_version >= '3.8'")
 
 
 def test_cli_images_build_project_prints_the_tag(client, tmp_path):

@@ -132,3 +132,14 @@ def _shared(cluster):
     if cluster.address not in _SANDBOX:
         _SANDBOX[cluster.address] = RaySandbox(_limits(cluster)).start()
     return _SANDBOX[cluster.address]
+
+
+def test_plants_never_reach_the_judge_on_a_node(cluster, tmp_path):
+    """Issue 23, item 1, on a Ray node (its docker-pool sandbox): every plant of tests/judge_plants.py
+    is refused by the judge, and the in-judge positive control shows each plant forges the old one."""
+    from tests.judge_plants import CANDIDATE, CONTROL, HIDDEN_TEST, VISIBLE_TEST
+    from tests.test_judge_plants import _check
+
+    ws = write_tree(tmp_path / "ws", {"example.py": CANDIDATE, "test_example.py": VISIBLE_TEST})
+    limits = _limits(cluster).model_copy(update={"timeout_s": 120})
+    _check(_shared(cluster).run(ws, limits, judge={"test_hidden.py": HIDDEN_TEST, "test_control.py": CONTROL}))

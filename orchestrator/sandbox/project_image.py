@@ -31,9 +31,11 @@ import tempfile
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import docker
 import structlog
+from packaging.requirements import InvalidRequirement, Requirement
 
 log = structlog.get_logger(__name__)
 
@@ -240,6 +242,23 @@ def _import_roots(root: Path, pyproject: dict, cfg: configparser.ConfigParser) -
     return clean or ["."]  # a flat layout: the project root itself (the child runs with -P, no cwd)
 
 
+def check_requirement(req: str) -> None:
+    """A dependency must be a name (with a version specifier, extras and markers) that the index serves
+    as a wheel, or a direct reference to a wheel. Anything else would be built before it could even be
+    inspected, and pip builds by running the package's own code (``setup.py``, a build backend) where
+    it runs: a path, a source archive, a directory or a repository is refused here, before pip is
+    called, in one line that names it. Nothing of a project or its dependencies runs on the host."""
+    try:
+        parsed = Requirement(req)
+    except InvalidRequirement:
+        raise ProjectImageError(f"dependency {req!r} is not a package name with a version (a path or URL to "
+                                "source would be built, running its code, on the host): refused") from None
+    if parsed.url and not urlsplit(parsed.url).path.endswith(".whl"):
+        raise ProjectImageError(f"dependency {parsed.name} @ {parsed.url} is source (an sdist, a directory or a "
+                                "repository): building it would run its code on the host; refused (name a wheel "
+                                "or a released version instead)")
+
+
 def project_spec(root: Path | str, requirements_file: Path | str | None = None) -> ProjectSpec:
     """What a project declares for its tests, read from its files (nothing is executed)."""
     root = Path(root).resolve()
@@ -323,6 +342,8 @@ def project_spec(root: Path | str, requirements_file: Path | str | None = None) 
         if req and _req_name(req) != own and req not in seen:
             seen.add(req)
             clean.append(req)
+    for req in clean:
+        check_requirement(req)
     spec.requirements = clean
     spec.import_roots = _import_roots(root, pyproject, cfg)
     spec.metadata = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
@@ -371,44 +392,31 @@ NOT_FOUND = ("Could not find a version", "No matching distribution")
 
 
 def download_wheelhouse(spec: ProjectSpec, info: dict, dest: Path, python: str = sys.executable) -> list[Path]:
-    """Wheels of the requirements (and of pip) for the base's Python, fetched on the host. A
-    requirement without a wheel for that platform is built on the host when the host's Python is
-    the same version and the build works; otherwise one clear error."""
+    """Wheels of the requirements (and of pip) for the base's Python, fetched on the host: wheels only
+    (``--only-binary=:all:``; direct references were checked to be wheels by ``check_requirement``), so
+    pip never builds, and so never runs, anything here. A dependency without a wheel for the image's
+    platform is one clear error."""
     dest.mkdir(parents=True, exist_ok=True)
+    for req in spec.requirements:
+        check_requirement(req)
     reqs = dest / "requirements.in"
     reqs.write_text("\n".join(spec.requirements + ["pip"]) + "\n")
-    cmd = [python, "-m", "pip", "download", "--disable-pip-version-check", "-q", "-d", str(dest),
-           *_platform_args(info), "-r", str(reqs)]
+    cmd = [python, "-m", "pip", "download", "--disable-pip-version-check", "-q",
+           "-d", str(dest), *_platform_args(info), "-r", str(reqs)]
     r = subprocess.run(cmd, capture_output=True, text=True)
-    # A direct reference to an sdist (name @ URL) is downloaded as is, whatever --only-binary says.
     sources = [p for p in dest.iterdir() if p.is_file() and p.suffix != ".whl" and p != reqs]
     if r.returncode == 0 and not sources:
         return sorted(dest.glob("*.whl"))
-    first = _pip_error(r.stderr + r.stdout) if r.returncode else \
-        f"{', '.join(p.name for p in sources)} come only as source"
     for p in sources:
         p.unlink()
-    host = "%d.%d" % sys.version_info[:2] if python == sys.executable else None
-    if host != info["version"]:
-        raise ProjectImageError(f"a dependency has no wheel for CPython {info['version']} on "
-                                f"{info['machine']} and cannot be built here (host Python {host}): {first}")
-    log.info("project_image.building_wheels", reason=first)
-    built = dest / "built"
-    r = subprocess.run([python, "-m", "pip", "wheel", "--disable-pip-version-check", "-q", "-w", str(built),
-                        "-r", str(reqs)], capture_output=True, text=True)
     if r.returncode:
-        out = r.stderr + r.stdout
-        error = _pip_error(out)
+        error = _pip_error(r.stderr + r.stdout)
         if any(error.startswith(n) for n in NOT_FOUND):
-            raise ProjectImageError(f"a dependency cannot be had: {error}")
-        failed = (re.findall(r"Failed building wheel for (\S+)", out) or re.findall(r"Building wheel for (\S+)", out)
-                  or [f for f in re.findall(r"Failed to build ([^\n]+)", out) if "one or more" not in f])
-        what = failed[-1].strip() if failed else error
-        raise ProjectImageError(f"dependency {what} has no wheel for CPython {info['version']} on "
-                                f"{info['machine']} and compiling it on the host failed: {error}")
-    for whl in built.glob("*.whl"):
-        whl.replace(dest / whl.name)
-    return sorted(dest.glob("*.whl"))
+            raise ProjectImageError(f"a dependency cannot be had as a wheel for CPython {info['version']} on "
+                                    f"{info['machine']} (source is never built on the host): {error}")
+        raise ProjectImageError(f"pip could not download the dependencies: {error}")
+    raise ProjectImageError(f"{', '.join(p.name for p in sources)} come only as source, which is never built "
+                            "on the host: refused")
 
 
 def _image_requirements(spec: ProjectSpec) -> str:
