@@ -826,7 +826,7 @@ def status_cmd(run_dir: Path, as_json: bool) -> None:
         click.echo(printable(text))
 
     if is_rounds_dir(run_dir):  # a rounds run: one line per round
-        r = RoundsState.model_validate_json((run_dir / STATE_FILE).read_text())
+        r = RoundsState.model_validate(json.loads((run_dir / STATE_FILE).read_text()))
         if as_json:
             click.echo(json.dumps(r.model_dump(mode="json")))
             return

@@ -384,3 +384,39 @@ def test_hostile_text_through_a_whole_run(tmp_path, kind, smollm2):
     status = runner.invoke(cli, ["status", "--json", str(run)])
     assert status.exit_code == 0 and json.loads(status.output)["best_reward"] == 2
     assert_terminal_safe(status.output)
+
+
+# ----- the lead's follow-ups: results, the gate's cache and the rounds' state (issue 24) -----
+
+def test_a_sandbox_result_with_lone_surrogates_always_serialises():
+    from orchestrator.sandbox.container import SandboxResult
+
+    r = SandboxResult(verdict="fail", output="tail \udc80", reasons=["\udc81 reason"],
+                      tests=[{"nodeid": "t.py::x[\udc82]", "outcome": "failed", "message": "\ud800"}],
+                      judged={"verdict": "fail", "output": "\udc83"})
+    text = r.model_dump_json()
+    assert "\\\\udc80" in text and json.loads(text)["judged"]["output"] == "\\udc83"
+
+
+def test_the_gates_cache_survives_line_separators_and_surrogates(tmp_path):
+    from orchestrator.evaluation.humaneval import ProblemResult
+    from orchestrator.training.gate import load_results
+    from orchestrator.store.text import json_line
+
+    ids = ["HumanEval/1", "HumanEval/2"]
+    rows = [ProblemResult(task_id=ids[0], n=1, correct=0, verdicts=["fail"], reasons=["a\u2028b\u0085c"]),
+            ProblemResult(task_id=ids[1], n=1, correct=1, verdicts=["pass"], reasons=["\udc80"])]
+    path = tmp_path / "heldout.jsonl"
+    path.write_text(json.dumps({"model": "m", "tasks": ids}) + "\n"
+                    + "".join(json_line(r.model_dump(mode="json")) + "\n" for r in rows))
+    assert [r.reasons for r in load_results(path, "m", ids)] == [["a\u2028b\u0085c"], ["\udc80"]]
+
+
+def test_the_rounds_state_saves_a_lone_surrogate(tmp_path):
+    from orchestrator.agent.rounds import RoundsState
+
+    state = RoundsState(run_id="r", suite="s", suite_seed=0, backend="fake", model_id="m\udc80",
+                        stop_reason="\udc81")
+    state.save(tmp_path / "state.json")
+    back = RoundsState.model_validate(json.loads((tmp_path / "state.json").read_text()))
+    assert back.stop_reason == "\udc81" and back.model_id == "m\udc80"

@@ -57,7 +57,7 @@ from orchestrator.sandbox import evidence
 from orchestrator.sandbox.container import InfraError, SandboxLimits, SandboxResult, run_tests
 from orchestrator.store.archive import Archive
 from orchestrator.store.audit import AuditLog
-from orchestrator.store.text import printable
+from orchestrator.store.text import json_line, printable
 
 log = structlog.get_logger(__name__)
 STATE_FILE = "rounds.json"
@@ -155,7 +155,7 @@ class RoundsState(BaseModel):
     stop_reason: str | None = None
 
     def save(self, path: Path) -> None:
-        atomic_write(path, self.model_dump_json(indent=2).encode())
+        atomic_write(path, json_line(self.model_dump(mode="json"), indent=2).encode())  # lone surrogates escaped
 
     def record(self, rnd: int) -> RoundRecord | None:
         return next((r for r in self.rounds if r.round == rnd), None)
@@ -343,7 +343,7 @@ class Rounds:
         if not path.exists():
             raise RoundsError(f"{self.run_dir} has no {STATE_FILE} to resume")
         info = RunInfo.model_validate_json((self.run_dir / "run.json").read_text())
-        self.state = RoundsState.model_validate_json(path.read_text())
+        self.state = RoundsState.model_validate(json.loads(path.read_text()))  # lone surrogates: json.loads, not pydantic's parser
         if info.task_specs:
             tasks = {t.id: t for t in info.task_specs}
         else:

@@ -8,6 +8,7 @@ recomputed.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from orchestrator.agent.rounds import STATE_FILE, RoundsState
@@ -61,7 +62,7 @@ def _plots(run_dir: Path, state: RoundsState, events: list[dict], heldout, adapt
 
 def write_rounds_report(run_dir: Path) -> Path:
     run_dir = Path(run_dir)
-    state = RoundsState.model_validate_json((run_dir / STATE_FILE).read_text())
+    state = RoundsState.model_validate(json.loads((run_dir / STATE_FILE).read_text()))
     events = read_events(run_dir / "audit.jsonl")
     check = verify(run_dir / "audit.jsonl")
     registry = Registry(run_dir)

@@ -44,6 +44,7 @@ from orchestrator.sandbox.runner.grader import VERDICTS, grade
 from orchestrator.sandbox.runner.supervisor import FRAME_TAG
 from orchestrator.sandbox.runner.testpaths import resolve as resolve_testpaths
 from orchestrator.sandbox.runner.testpaths import within
+from orchestrator.store.text import escape_surrogates_in
 
 log = structlog.get_logger(__name__)
 
@@ -113,7 +114,14 @@ Verdict = Literal[VERDICTS]  # pass, fail, error, timeout, tampered: the grader'
 
 
 class PhaseResult(BaseModel):
-    """One graded phase of a run (the fields the grader returns)."""
+    """One graded phase of a run (the fields the grader returns). A container's text can hold lone
+    surrogates (a JSON ``\\udc80`` in its report): they are kept as their backslash escape, so a
+    result always serialises (the raw evidence, saved apart, keeps them exactly)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _text(cls, data):
+        return escape_surrogates_in(data) if isinstance(data, dict) else data
 
     verdict: Verdict
     passed: int = 0

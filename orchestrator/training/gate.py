@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from orchestrator.store.text import json_line, jsonl_lines
 from orchestrator.agent.plateau import beyond_noise
 from orchestrator.config import GateSection
 from orchestrator.evaluation.humaneval import ProblemResult, evaluate, paired_difference, summarize, task_ids
@@ -42,7 +43,7 @@ def load_results(path: Path, model_id: str, ids: list[str]) -> list[ProblemResul
     """The finished problems of a cached evaluation of ``model_id`` on ``ids`` (in order), else []."""
     if not path.exists():
         return []
-    lines = path.read_text().splitlines()
+    lines = [line for line in jsonl_lines(path.read_text()) if line]
     try:
         header = json.loads(lines[0]) if lines else {}
     except ValueError:
@@ -52,7 +53,7 @@ def load_results(path: Path, model_id: str, ids: list[str]) -> list[ProblemResul
     done = []
     for line, tid in zip(lines[1:], ids):
         try:
-            result = ProblemResult.model_validate_json(line)
+            result = ProblemResult.model_validate(json.loads(line))
         except ValueError:
             break  # a torn last line after a crash: evaluate that problem again
         if result.task_id != tid:
@@ -72,11 +73,11 @@ def model_results(backend, registry: Registry, ids: list[str], limits: SandboxLi
     with open(path, "w", encoding="utf-8") as fh:  # rewrite: header + what is still valid
         fh.write(json.dumps({"model": backend.model_id, "adapter": backend.adapter_id or BASE, "tasks": ids}) + "\n")
         for r in done:
-            fh.write(r.model_dump_json() + "\n")
+            fh.write(json_line(r.model_dump(mode="json")) + "\n")
         fh.flush()
 
         def keep(r: ProblemResult) -> None:
-            fh.write(r.model_dump_json() + "\n")
+            fh.write(json_line(r.model_dump(mode="json")) + "\n")
             fh.flush()
             if on_problem:
                 on_problem(r)
@@ -137,7 +138,7 @@ def cached_summaries(registry: Registry) -> list[tuple[str, dict]]:
     folder = registry.root / "heldout"
     out = []
     for path in sorted(folder.glob("*.jsonl")) if folder.exists() else []:
-        lines = path.read_text().splitlines()
+        lines = [line for line in jsonl_lines(path.read_text()) if line]
         if not lines:
             continue
         header = json.loads(lines[0])
