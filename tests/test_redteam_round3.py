@@ -292,3 +292,61 @@ def test_holds_under_gvisor_the_worker_opens_no_pipe_of_the_judge_or_pid1(tmp_pa
     assert "'pipe'" not in out and "/mem', 'data'" not in out, out[-3000:]
     assert "RSI_NONCE" not in out
     assert result.judged.verdict == "fail"
+
+
+def test_holds_a_directory_named_like_a_wheel_is_never_built(tmp_path):
+    """``check_requirement`` looks at the URL's suffix only: ``evilsrc @ file:///.../evilsrc-1.0-py3-none-
+    any.whl`` where that path is a *directory* holding a setup.py passes the check. pip treats the link
+    as a wheel and fails on it without running the setup.py (held; kept so a pip upgrade that prepares
+    such a directory as source is caught)."""
+    from orchestrator.sandbox.project_image import ProjectImageError, download_wheelhouse, project_spec
+
+    marker = tmp_path / "marker"
+    src = _marker_source(tmp_path, marker).rename(tmp_path / "evilsrc-1.0-py3-none-any.whl")
+    spec = project_spec(_project(tmp_path / "p", f"evilsrc @ {src.as_uri()}"))
+    assert spec.requirements, "control: the check let the directory through, so pip is what refuses it"
+    with pytest.raises(ProjectImageError):
+        download_wheelhouse(spec, IMAGE_INFO, tmp_path / "wheels")
+    assert not marker.exists()
+
+
+STDIN_PROBE = r'''import os
+
+
+def add(a, b):
+    out = []
+    for path in ("/proc/1/fd/0", "/proc/1/fd/1"):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            out.append((path, "refused", exc.errno))
+            continue
+        try:
+            out.append((path, os.readlink(path), os.read(fd, 65536)))
+        except OSError as exc:
+            out.append((path, os.readlink(path), "read", exc.errno))
+        finally:
+            os.close(fd)
+    return out
+'''
+
+
+@pytest.mark.docker
+def test_holds_in_the_pool_under_gvisor_pid1s_go_channel_is_gone(tmp_path, sandbox_image):
+    """docker-pool sends the judged tests on PID 1's stdin (the go message). Under runsc the candidate's
+    UID can open ``/proc/1/fd/0`` (runc refuses it), so the channel must be gone by the time candidate
+    code runs: PID 1 puts /dev/null there right after the go, and its stdout (the report) stays refused.
+    Positive control: the open of fd 0 succeeds, so a refusal is not why nothing leaked."""
+    from orchestrator.sandbox.pool import DockerPool
+
+    ws = write_tree(tmp_path / "ws", {"example.py": STDIN_PROBE, "test_example.py": VISIBLE})
+    hidden = {"test_h.py": "from example import add\n\n\ndef test_h():\n    print(repr(add(2, 3)))\n"
+                           "    assert add(2, 3) == 5\n"}
+    limits = SandboxLimits.load(runtime="runsc")
+    with DockerPool(limits, size=1) as pool:
+        result = pool.run(ws, limits, judge=hidden)
+    out = result.judged.output
+    assert "('/proc/1/fd/0', '/dev/null', b'')" in out, out[-2000:]
+    assert "('/proc/1/fd/1', 'refused', 13)" in out, out[-2000:]
+    assert "test_h" not in out.split("('/proc/1/fd/0'")[1].split(")")[0]
+    assert result.judged.verdict == "fail"
