@@ -130,9 +130,12 @@ def test_a_killed_owner_takes_its_server_along(tmp_path, model_dir):
                              cwd=Path(__file__).resolve().parent.parent, env=os.environ.copy())
     server = int(owner.stdout.readline())
     child = int((model_dir / "child.pid").read_text())
+    guard = Path(json.loads((engine.state_dir() / f"{server}.json").read_text())["guard"])
     owner.kill()
     owner.wait()
     assert wait_gone(server) and wait_gone(child)
+    assert guard.exists() and engine.reap_stale() == []  # the next start clears what the killed run left
+    assert not guard.exists() and not list(engine.state_dir().glob("*.json"))
 
 
 def test_a_stale_server_of_a_killed_run_is_stopped(tmp_path, model_dir):

@@ -51,6 +51,7 @@ PR_SET_PDEATHSIG = 1
 KEY_ENV = "RSI_VLLM_API_KEY"   # clients' key for an external server (`rsi serve` prints it)
 GUARD_MODULE = "rsi_vllm_guard"
 GUARD = Path(__file__).with_name("vllm_guard.py")
+GUARD_PREFIX = "rsi-vllm-guard-"
 _keys: dict[str, str] = {}     # root URL -> key, for the servers this process runs
 
 
@@ -188,6 +189,9 @@ def reap_stale(say=None) -> list[int]:
                 say(f"stopping a stale vLLM server (pid {pid}, port {info['port']}) left by a killed run")
             _kill_group(pid)
             reaped.append(pid)
+        guard = Path(info.get("guard") or "/nonexistent")
+        if guard.name.startswith(GUARD_PREFIX) and guard.parent == Path(tempfile.gettempdir()):
+            shutil.rmtree(guard, ignore_errors=True)  # the guard module's copy (no key in it)
         record.unlink(missing_ok=True)
     return reaped
 
@@ -276,7 +280,7 @@ class Engine:
         self.log_path = folder / f"vllm-{os.getpid()}-{self.port}.log"
         self.api_key = self.spec.api_key or secrets.token_urlsafe(32)
         # the guard module alone on the server's import path, in a directory only this user can write
-        self._guard_dir = tempfile.mkdtemp(prefix="rsi-vllm-guard-")
+        self._guard_dir = tempfile.mkdtemp(prefix=GUARD_PREFIX)
         shutil.copyfile(GUARD, Path(self._guard_dir) / f"{GUARD_MODULE}.py")
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME", KEY_ENV)}
         env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", VLLM_ALLOW_RUNTIME_LORA_UPDATING="True",
@@ -297,7 +301,7 @@ class Engine:
         self.record.write_text(json.dumps({
             "pid": self.proc.pid, "start": _proc_start_time(self.proc.pid), "cmdline": _cmdline(self.proc.pid) or cmd,
             "owner": os.getpid(), "owner_start": _proc_start_time(os.getpid()), "port": self.port,
-            "log": str(self.log_path)}))
+            "log": str(self.log_path), "guard": self._guard_dir}))
         try:
             self._wait_healthy(say)
         except BaseException:  # Ctrl-C during start-up included: no half-started server stays
