@@ -2,8 +2,8 @@
 attacked as a model maximising the reward would (and, for the host-side parts, as a hostile
 workspace or project would).
 
-``test_break_*`` are open breaks, marked ``xfail(strict=True)`` until fixed (the reason says what
-breaks); ``test_holds_*`` are attacks that were tried and held, kept as regressions; ``test_control_*``
+``test_closed_*`` were breaks found in this round, each fixed (their docstrings say how the attack
+worked; the fix is in the lead's commit that removed their ``xfail`` markers); ``test_holds_*`` are attacks that were tried and held, kept as regressions; ``test_control_*``
 are the positive controls that make a "held" or a "break" mean something.
 """
 
@@ -80,9 +80,7 @@ def test_control_a_direct_source_reference_is_refused_before_pip(tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.xfail(strict=True, reason="break: a direct-reference wheel's Requires-Dist names a source "
-                                       "package; pip download prepares it, running its setup.py on the host")
-def test_break_a_wheel_reference_pulls_a_source_package_onto_the_host(tmp_path):
+def test_closed_a_wheel_reference_pulls_a_source_package_onto_the_host(tmp_path):
     """``check_requirement`` accepts ``name @ URL`` when the URL ends in ``.whl``, and checks the
     project's own requirements only. The wheel's METADATA says ``Requires-Dist: evilsrc @ file:///...``
     (a directory; an https sdist works the same); pip follows direct references of a direct-reference
@@ -115,9 +113,7 @@ def test_control_a_requirements_include_inside_the_project_is_followed(tmp_path)
     assert project_spec(root).requirements == ["six==1.16.0"]
 
 
-@pytest.mark.xfail(strict=True, reason="break: a project's requirements.txt `-r /proc/self/environ` (or any "
-                                       "host file) is read on the host and echoed into the build's error")
-def test_break_requirements_include_discloses_host_files_and_environment(tmp_path):
+def test_closed_requirements_include_discloses_host_files_and_environment(tmp_path):
     """``_read_requirements`` follows ``-r`` to any path (absolute, ``..``, a symlink), and
     ``check_requirement`` refuses each unparsable line with the line itself in the one-line error. A
     repository whose requirements.txt says ``-r /proc/self/environ`` gets the host process's whole
@@ -160,9 +156,7 @@ def test_control_a_recursive_testpaths_glob_resolves_at_once(tmp_path):
     assert out.stdout.strip() == "['tests']", out.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="break: `testpaths = **/tests` plus two links to `.` makes the host's "
-                                       "staging (stage_canaries -> testpaths.resolve -> glob) run forever")
-def test_break_testpaths_glob_through_symlink_loops_hangs_host_staging(tmp_path):
+def test_closed_testpaths_glob_through_symlink_loops_hangs_host_staging(tmp_path):
     """``testpaths.resolve`` runs ``glob.glob(root/entry, recursive=True)`` on the host (staging's
     ``stage_canaries``, ``judged_tests``) and in PID 1. ``**`` follows symlinked directories, so two
     links ``a -> .`` and ``b -> .`` give 2**40 paths before ELOOP: ``run_tests`` never gets as far as
@@ -197,10 +191,7 @@ def test_control_table_driven_hidden_tests_tell_right_from_wrong(tmp_path, sandb
 
 
 @pytest.mark.docker
-@pytest.mark.xfail(strict=True, reason="break: a candidate that raises StopIteration gets it re-raised in the "
-                                       "judge, where it silently ends map()/zip() loops: table-driven hidden "
-                                       "tests pass with no assertion run")
-def test_break_stop_iteration_ends_table_driven_hidden_tests(tmp_path, sandbox_image):
+def test_closed_stop_iteration_ends_table_driven_hidden_tests(tmp_path, sandbox_image):
     """worker.py sends back the builtin type of any exception; judge.py ``_exception`` re-raises any
     builtin ``Exception`` subclass, StopIteration included. Raised from inside ``map``'s ``__next__``,
     it ends the iteration as if the table were exhausted: ``for ... in zip(map(add, ...))`` runs no
@@ -219,9 +210,7 @@ MUTATING = "def add(a, b):\n    a.extend(b)\n    return a\n"
 
 
 @pytest.mark.docker
-@pytest.mark.xfail(strict=True, reason="break: the judge passes copies of the arguments, so a candidate that "
-                                       "mutates its input passes a hidden no-side-effect test it fails in-process")
-def test_break_argument_mutation_is_invisible_to_the_judge(tmp_path, sandbox_image):
+def test_closed_argument_mutation_is_invisible_to_the_judge(tmp_path, sandbox_image):
     """Positive control in the same run: the identical test, run in-process as a visible test, fails
     (``xs`` became ``[1, 2, 3]``). In the judge the candidate mutates its own decoded copy, so the
     hidden test passes. The converse also holds (an in-place function is graded fail). Fix: send the
@@ -387,9 +376,7 @@ def _pth_wheel(path: Path) -> Path:
 
 
 @pytest.mark.docker
-@pytest.mark.xfail(strict=True, reason="break: a dependency wheel's .pth file in a derived image runs in every "
-                                       "python3 -I of the container, the judge included, and forges the verdict")
-def test_break_a_dependency_pth_file_forges_the_judge_in_a_derived_image(tmp_path, docker_client, sandbox_image):
+def test_closed_a_dependency_pth_file_forges_the_judge_in_a_derived_image(tmp_path, docker_client, sandbox_image):
     """``python3 -I`` still runs ``site``, and ``site`` executes the ``import`` lines of every ``.pth`` in
     site-packages; the derived image copies the dependencies' site-packages over the base's (where
     ``rsi_sandbox.pth`` lives). A wheel (a released one from the index works the same as this

@@ -20,21 +20,26 @@ project reuses its image at once (no download, no build).
 from __future__ import annotations
 
 import configparser
+import email.parser
 import hashlib
 import io
 import json
+import os
 import re
+import stat
 import subprocess
 import sys
 import tarfile
 import tempfile
 import tomllib
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import docker
 import structlog
+from packaging.markers import default_environment
 from packaging.requirements import InvalidRequirement, Requirement
 
 log = structlog.get_logger(__name__)
@@ -163,21 +168,52 @@ def _read_requirements(path: Path, root: Path, seen: set | None = None) -> list[
         return []
     seen.add(path)
     out = []
-    for raw in path.read_text().splitlines():
+    for raw in _read_inside(path, root).splitlines():
         line = raw.split(" #", 1)[0].strip()
         if not line or line.startswith("#"):
             continue
         if line.startswith(("-r ", "--requirement ", "-r", "--requirement=")):
             target = re.sub(r"^(-r|--requirement)[ =]?", "", line).strip()
             inc = (path.parent / target)
-            if not inc.is_file():
-                raise ProjectImageError(f"{path.relative_to(root)} includes {target}, which does not exist")
+            if not _is_inside(inc, root) or not inc.is_file():
+                raise ProjectImageError(f"{path.name} includes a file that is not a regular file inside the "
+                                        "project (only files of the project are read): refused")
             out += _read_requirements(inc, root, seen)
         elif line.startswith(("-", ".", "/")):
             continue
         else:
             out.append(line)
     return out
+
+
+MAX_REQUIREMENTS_BYTES = 1 << 20
+
+
+def _is_inside(path: Path, root: Path) -> bool:
+    """``path`` resolves (links followed) to a place inside ``root``."""
+    try:
+        path.resolve().relative_to(root.resolve())
+        return True
+    except (ValueError, OSError, RuntimeError):
+        return False
+
+
+def _read_inside(path: Path, root: Path) -> str:
+    """A requirements file's text: a regular file inside the project, of bounded size; never a host file
+    reached through a link, ``..`` or an absolute path (``-r /proc/self/environ``), never a FIFO."""
+    if not _is_inside(path, root):
+        raise ProjectImageError(f"{path.name} is not inside the project: refused")
+    try:
+        fd = os.open(path.resolve(), os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise ProjectImageError(f"cannot read {path.name} ({exc.strerror})") from None
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ProjectImageError(f"{path.name} is not a regular file: refused")
+        data = fh.read(MAX_REQUIREMENTS_BYTES + 1)
+    if len(data) > MAX_REQUIREMENTS_BYTES:
+        raise ProjectImageError(f"{path.name} is larger than {MAX_REQUIREMENTS_BYTES} bytes: refused")
+    return data.decode("utf-8", "replace")
 
 
 def _expand_extras(reqs: list[str], extras: dict, name: str, depth: int = 0) -> list[str]:
@@ -251,7 +287,7 @@ def check_requirement(req: str) -> None:
     try:
         parsed = Requirement(req)
     except InvalidRequirement:
-        raise ProjectImageError(f"dependency {req!r} is not a package name with a version (a path or URL to "
+        raise ProjectImageError(f"dependency {req[:80]!r} is not a package name with a version (a path or URL to "
                                 "source would be built, running its code, on the host): refused") from None
     if parsed.url and not urlsplit(parsed.url).path.endswith(".whl"):
         raise ProjectImageError(f"dependency {parsed.name} @ {parsed.url} is source (an sdist, a directory or a "
@@ -391,32 +427,92 @@ def _pip_error(output: str) -> str:
 NOT_FOUND = ("Could not find a version", "No matching distribution")
 
 
+MAX_RESOLVE_ROUNDS = 40
+
+
+def _target_environment(info: dict) -> dict:
+    """Marker values of the image's Python (what its pip will evaluate), for a wheel's Requires-Dist."""
+    env = dict(default_environment())
+    env.update({"python_version": info["version"], "python_full_version": info["version"] + ".0",
+                "implementation_version": info["version"] + ".0", "platform_machine": info["machine"],
+                "implementation_name": "cpython", "platform_python_implementation": "CPython",
+                "sys_platform": "linux", "platform_system": "Linux", "os_name": "posix"})
+    return env
+
+
+def requires_dist(wheel: Path) -> list[str]:
+    """A wheel's ``Requires-Dist`` lines, read from its METADATA (a zip member; nothing runs)."""
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            names = [n for n in zf.namelist() if n.count("/") == 1 and n.endswith(".dist-info/METADATA")]
+            if len(names) != 1:
+                raise ProjectImageError(f"{wheel.name} has no single METADATA: refused")
+            with zf.open(names[0]) as fh:
+                data = fh.read(4 << 20)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ProjectImageError(f"{wheel.name} is not a readable wheel ({exc}): refused") from None
+    return list(email.parser.BytesParser().parsebytes(data, headersonly=True).get_all("Requires-Dist") or [])
+
+
 def download_wheelhouse(spec: ProjectSpec, info: dict, dest: Path, python: str = sys.executable) -> list[Path]:
-    """Wheels of the requirements (and of pip) for the base's Python, fetched on the host: wheels only
-    (``--only-binary=:all:``; direct references were checked to be wheels by ``check_requirement``), so
-    pip never builds, and so never runs, anything here. A dependency without a wheel for the image's
-    platform is one clear error."""
+    """Wheels of the requirements, of their dependencies, and of pip, for the base's Python, fetched on
+    the host one layer at a time with ``--no-deps --only-binary=:all:``. pip is never left to resolve a
+    dependency itself: a wheel's own ``Requires-Dist`` may be a direct reference to source, which pip
+    would prepare (run) to learn its metadata; each layer's requirements are read from the wheels'
+    METADATA and checked by ``check_requirement`` before pip sees them. So nothing is built, and nothing
+    of a project or its dependencies runs, here. The image's offline ``pip install`` resolves among the
+    wheels (several versions of one name may be fetched when dependents ask for different ones)."""
     dest.mkdir(parents=True, exist_ok=True)
-    for req in spec.requirements:
-        check_requirement(req)
-    reqs = dest / "requirements.in"
-    reqs.write_text("\n".join(spec.requirements + ["pip"]) + "\n")
-    cmd = [python, "-m", "pip", "download", "--disable-pip-version-check", "-q",
-           "-d", str(dest), *_platform_args(info), "-r", str(reqs)]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    sources = [p for p in dest.iterdir() if p.is_file() and p.suffix != ".whl" and p != reqs]
-    if r.returncode == 0 and not sources:
-        return sorted(dest.glob("*.whl"))
-    for p in sources:
-        p.unlink()
-    if r.returncode:
-        error = _pip_error(r.stderr + r.stdout)
-        if any(error.startswith(n) for n in NOT_FOUND):
-            raise ProjectImageError(f"a dependency cannot be had as a wheel for CPython {info['version']} on "
-                                    f"{info['machine']} (source is never built on the host): {error}")
-        raise ProjectImageError(f"pip could not download the dependencies: {error}")
-    raise ProjectImageError(f"{', '.join(p.name for p in sources)} come only as source, which is never built "
-                            "on the host: refused")
+    env = _target_environment(info)
+    extras: dict[str, set[str]] = {}
+    asked: set[str] = set()
+    inspected: set[str] = set()
+    layer = list(spec.requirements) + ["pip"]
+    for depth in range(MAX_RESOLVE_ROUNDS):
+        todo = []
+        for req in layer:
+            check_requirement(req)
+            parsed = Requirement(req)
+            if parsed.marker is not None and not parsed.marker.evaluate(env | {"extra": ""}):
+                continue
+            extras.setdefault(_norm(parsed.name), set()).update(parsed.extras)
+            key = str(parsed)
+            if key not in asked:
+                asked.add(key)
+                todo.append(req)
+        if not todo:
+            return sorted(dest.glob("*.whl"))
+        reqs = dest / f"requirements-{depth}.in"
+        reqs.write_text("\n".join(todo) + "\n")
+        r = subprocess.run([python, "-m", "pip", "download", "--disable-pip-version-check", "-q", "--no-deps",
+                            "-d", str(dest), *_platform_args(info), "-r", str(reqs)], capture_output=True, text=True)
+        sources = [p for p in dest.iterdir() if p.is_file() and p.suffix not in (".whl", ".in")]
+        for p in sources:
+            p.unlink()
+        if r.returncode:
+            error = _pip_error(r.stderr + r.stdout)
+            if any(error.startswith(n) for n in NOT_FOUND):
+                raise ProjectImageError(f"a dependency cannot be had as a wheel for CPython {info['version']} on "
+                                        f"{info['machine']} (source is never built on the host): {error}")
+            raise ProjectImageError(f"pip could not download the dependencies: {error}")
+        if sources:
+            raise ProjectImageError(f"{', '.join(p.name for p in sources)} come only as source, which is never "
+                                    "built on the host: refused")
+        layer = []
+        for wheel in sorted(dest.glob("*.whl")):
+            if wheel.name in inspected:
+                continue
+            inspected.add(wheel.name)
+            wanted = extras.get(_norm(wheel.name.split("-")[0]), set())
+            for line in requires_dist(wheel):
+                try:
+                    dep = Requirement(line)
+                except InvalidRequirement:
+                    raise ProjectImageError(f"{wheel.name} declares a dependency that does not parse: refused") from None
+                if dep.marker is None or any(dep.marker.evaluate(env | {"extra": e}) for e in ({""} | wanted)):
+                    dep.marker = None
+                    layer.append(str(dep))
+    raise ProjectImageError(f"dependencies nest deeper than {MAX_RESOLVE_ROUNDS} layers: refused")
 
 
 def _image_requirements(spec: ProjectSpec) -> str:

@@ -62,6 +62,8 @@ class _Channel:
             reply = loads(body)
             if type(reply) is not dict or reply.get("id") != call_id:
                 raise CodecError("reply does not answer this call")
+            if "after" in reply:  # the arguments as the call left them (in-process, the caller sees that)
+                _reflect(args, kwargs, reply["after"])
             if "ok" in reply:
                 return decode(reply["ok"])
             if "nonplain" in reply:
@@ -77,10 +79,50 @@ class _Channel:
             raise CandidateError(f"{module}.{name}: malformed reply ({exc})") from None
 
 
+# Exceptions that end an iteration where they are raised (``map``, ``zip``, a ``for`` loop over a
+# candidate's results, ``all``): re-raised in the judge they would end a table of cases as if it were
+# exhausted, so no assert runs. Like PEP 479 for generators, they arrive as CandidateError.
+CONTROL_FLOW = (StopIteration, StopAsyncIteration)
+
+
+_MUTABLE = (list, dict, set, bytearray)
+
+
+def _reflect(args: tuple, kwargs: dict, after) -> None:
+    """Apply what the call did to its mutable arguments (lists, dicts, sets, bytearrays the test passed)
+    to the test's own objects, in place, as an in-process call would have: a hidden test that checks
+    an argument after the call sees what the candidate did to it. ``after`` is the worker's plain-data
+    copy of the arguments after the call (``{"args": wire, "kwargs": wire}``); anything malformed is a
+    CandidateError. Only objects the test handed over change, and only to plain data."""
+    if type(after) is not dict:
+        raise CodecError("malformed arguments after the call")
+    if after.get("nonplain"):
+        raise CandidateError(f"the call left an argument holding a value that is not plain data: "
+                             f"{str(after['nonplain'])[:200]}")
+    new_args, new_kwargs = decode(after.get("args")), decode(after.get("kwargs"))
+    if type(new_args) is not list or type(new_kwargs) is not dict or len(new_args) != len(args) \
+            or set(new_kwargs) != set(kwargs):
+        raise CodecError("arguments after the call do not match the call")
+    pairs = list(zip(args, new_args)) + [(kwargs[k], new_kwargs[k]) for k in kwargs]
+    for old, new in pairs:
+        if type(old) not in _MUTABLE:
+            continue
+        if type(new) is not type(old):
+            raise CodecError("an argument changed type during the call")
+        if old == new:
+            continue
+        if type(old) in (list, bytearray):
+            old[:] = new
+        else:
+            old.clear()
+            old.update(new)
+
+
 def _exception(name, msg) -> BaseException:
     klass = getattr(builtins, name, None) if type(name) is str else None
     text = msg if type(msg) is str else ""
-    if isinstance(klass, type) and issubclass(klass, Exception) and not issubclass(klass, CandidateError):
+    if isinstance(klass, type) and issubclass(klass, Exception) and not issubclass(klass, CandidateError) \
+            and not issubclass(klass, CONTROL_FLOW):
         try:
             return klass(text)
         except Exception:  # noqa: BLE001 - e.g. UnicodeDecodeError needs five arguments

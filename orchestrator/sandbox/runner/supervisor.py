@@ -456,6 +456,21 @@ class Broker(threading.Thread):
                 self.worker.kill()
 
 
+RUNNER_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # /opt/rsi in the image
+
+
+def judge_command() -> list[str]:
+    """The judge's interpreter: ``-I`` (no PYTHON* variables, no user site, no current directory) and
+    ``-S`` (no site module: no site-packages on the path and no ``.pth`` file run, so nothing a derived
+    image's dependencies install can execute in the judge); its path is the standard library, its own
+    pinned pytest and this package, set here."""
+    from .judge import JUDGE_PYTEST
+
+    boot = (f"import sys; sys.path[:0] = [{JUDGE_PYTEST!r}, {RUNNER_ROOT!r}]; import runpy; "
+            f"runpy.run_module({PACKAGE + '.judge'!r}, run_name='__main__', alter_sys=True)")
+    return [PYTHON, "-I", "-S", "-B", "-c", boot]
+
+
 def collect_judged(tests: dict, timeout_s: float, tail_bytes: int, call_timeout_s: float, users: Users) -> dict:
     """Run the judged tests in the judge process; the candidate is reached only through the broker."""
     if not users.privileged:
@@ -471,7 +486,7 @@ def collect_judged(tests: dict, timeout_s: float, tail_bytes: int, call_timeout_
     env = {**BASE_ENV, "HOME": "/", "RSI_REQ_FD": str(req_w), "RSI_RESP_FD": str(resp_r),
            "RSI_STATS_FD": str(stats_w)}
     cfg = json.dumps({"tests": tests, "modules": workspace_modules()}).encode()
-    evidence = run_phase(users.wrap([PYTHON, "-I", "-B", "-m", PACKAGE + ".judge"], "judge"), env, "/",
+    evidence = run_phase(users.wrap(judge_command(), "judge"), env, "/",
                          timeout_s, tail_bytes, stdin_data=cfg, extra_fds=(req_w, resp_r, stats_w),
                          helper=broker)
     for fd in (req_r, resp_w):

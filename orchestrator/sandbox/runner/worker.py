@@ -66,7 +66,19 @@ def serve(req_fd: int, resp_fd: int) -> None:
                 reply = {"id": call_id, "nonplain": str(exc)[:200]}
             except BaseException as exc:  # noqa: BLE001 - e.g. RecursionError in a cyclic value
                 reply = {"id": call_id, "nonplain": type(exc).__name__}
+        reply["after"] = _after(args, kwargs)
         write_frame(resp_fd, dumps(reply).encode())
+
+
+def _after(args: list, kwargs: dict) -> dict:
+    """The call's arguments as it left them (the judge applies changes to its own lists, dicts, sets
+    and bytearrays, as an in-process caller would see them)."""
+    try:
+        return {"args": encode(list(args)), "kwargs": encode(dict(kwargs))}
+    except CodecError as exc:
+        return {"nonplain": str(exc)[:200]}
+    except BaseException as exc:  # noqa: BLE001
+        return {"nonplain": type(exc).__name__}
 
 
 def main() -> int:
