@@ -165,3 +165,22 @@ def test_a_linked_canary_name_through_the_real_sandbox(tmp_path, docker_client, 
     result = run_tests(ws, limits=SandboxLimits.load(), client=docker_client)
     assert result.verdict == "error" and any("canary" in r for r in result.reasons), result.reasons
     assert target.read_text() == ORIGINAL
+
+
+def test_staging_is_bounded_in_entries(tmp_path):
+    """A workspace of many tiny files (the red team staged 30,000 empty files under a 1 MiB byte cap) is
+    refused by count, not only by bytes: ``max_workspace_files`` (policies/sandbox.toml)."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "test_example.py").write_text(TEST)
+    for i in range(40):
+        (ws / f"f{i}.txt").write_text("")
+    ok = tmp_path / "ok"
+    ok.mkdir()
+    stage_workspace(ws, ok, 1 << 20, max_files=64)  # positive control: under the bound it stages
+    assert len(list(ok.iterdir())) == 41
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    with pytest.raises(StagingError, match="more than 16 files"):
+        stage_workspace(ws, stage, 1 << 20, max_files=16)
+    assert SandboxLimits.load().max_workspace_files == 100_000

@@ -87,6 +87,7 @@ class SandboxLimits(BaseModel):
     output_tail_bytes: int = Field(16384, ge=0)
     max_report_bytes: int = Field(256 * 1024 * 1024, ge=1024)
     max_workspace_bytes: int = Field(256 * 1024 * 1024, ge=1024)
+    max_workspace_files: int = Field(100_000, ge=16)
     runtime: str = ""
     # Where runs go (orchestrator/sandbox/interface.py): "docker" (one fresh container per run), "docker-pool"
     # (pre-started single-use containers), "ray" (Ray tasks on a cluster's nodes), "fake" (unit tests).
@@ -222,18 +223,21 @@ class StagingError(Exception):
 
 
 def stage_workspace(src: Path, dst: Path, max_bytes: int, overlay: dict[str, str] | None = None,
-                    exclude: set[str] | None = None) -> None:
+                    exclude: set[str] | None = None, max_files: int = 100_000) -> None:
     """Copy regular files and directories; copy symlinks as links (never followed).
     ``exclude``: relative paths left out; ``overlay``: relative path -> text written on top.
     Anything in the workspace that cannot be staged raises ``StagingError``."""
     exclude = exclude or set()
-    total = 0
+    total = entries = 0
     try:
         for dirpath, dirnames, filenames in os.walk(src, followlinks=False, onerror=_raise):
             rel = Path(dirpath).relative_to(src)
             if len(rel.parts) > MAX_STAGE_DEPTH:
                 raise StagingError(f"the workspace is nested deeper than {MAX_STAGE_DEPTH} directories")
             dirnames[:] = [d for d in dirnames if d not in SKIP_NAMES]
+            entries += len(dirnames) + len(filenames)
+            if entries > max_files:
+                raise StagingError(f"the workspace has more than {max_files} files and directories")
             target_dir = dst / rel
             target_dir.mkdir(exist_ok=True)
             os.chmod(target_dir, 0o755)
@@ -619,7 +623,8 @@ def run_in_fresh_container(workspace: Path | str, limits: SandboxLimits, timeout
     try:
         os.chmod(stage, 0o755)
         try:
-            stage_workspace(workspace.resolve(), Path(stage), limits.max_workspace_bytes, overlay, exclude)
+            stage_workspace(workspace.resolve(), Path(stage), limits.max_workspace_bytes, overlay, exclude,
+                            max_files=limits.max_workspace_files)
             canaries = stage_canaries(Path(stage), random.Random(nonce))
         except StagingError as exc:
             return _not_run(str(exc), started)

@@ -41,7 +41,8 @@ class FakeSandbox(Sandbox):
         stage = Path(tempfile.mkdtemp(prefix="rsi-fake-"))
         try:
             try:
-                stage_workspace(Path(workspace).resolve(), stage, limits.max_workspace_bytes, overlay, exclude)
+                stage_workspace(Path(workspace).resolve(), stage, limits.max_workspace_bytes, overlay, exclude,
+                            max_files=limits.max_workspace_files)
             except StagingError as exc:
                 return SandboxResult(verdict="error", reasons=[str(exc)], duration_s=time.monotonic() - started)
             files = sorted(p.relative_to(stage).as_posix() for p in stage.rglob("*") if p.is_file())

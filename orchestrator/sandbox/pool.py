@@ -290,7 +290,8 @@ class DockerPool(Sandbox):
         self.served.append(warm.name)
         try:
             try:
-                stage_workspace(workspace.resolve(), Path(warm.stage), limits.max_workspace_bytes, overlay, exclude)
+                stage_workspace(workspace.resolve(), Path(warm.stage), limits.max_workspace_bytes, overlay, exclude,
+                            max_files=limits.max_workspace_files)
                 canaries = stage_canaries(Path(warm.stage), random.Random(warm.nonce))
             except StagingError as exc:
                 return SandboxResult(verdict="error", reasons=[str(exc)], duration_s=time.monotonic() - started)

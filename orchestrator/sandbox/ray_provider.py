@@ -130,7 +130,8 @@ class RaySandbox(Sandbox):
         stage = Path(tempfile.mkdtemp(prefix="rsi-ray-stage-"))
         try:
             try:
-                stage_workspace(workspace.resolve(), stage, limits.max_workspace_bytes, overlay, exclude)
+                stage_workspace(workspace.resolve(), stage, limits.max_workspace_bytes, overlay, exclude,
+                            max_files=limits.max_workspace_files)
             except StagingError as exc:
                 return SandboxResult(verdict="error", reasons=[str(exc)], duration_s=time.monotonic() - started)
             payload = pack(stage)
