@@ -710,7 +710,7 @@ def _adapter_dir(run_dir, adapter):
     path = Registry(run_dir).path(adapter)
     if not (path / "adapter_config.json").exists():
         raise click.UsageError(f"no adapter {adapter} in {run_dir}")
-    return path
+    return Registry(run_dir).checked_path(adapter)  # the registered files, unchanged, or a clear refusal
 
 
 def _humaneval(split, only, backend, replies, base_url, adapter, baseline, run_dir, n, k, seeds, out) -> tuple[dict, str]:

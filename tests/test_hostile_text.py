@@ -31,7 +31,7 @@ from orchestrator.sandbox.runner.supervisor import frame
 from orchestrator.store.archive import Archive
 from orchestrator.store.audit import AuditLog, read_events, verify
 from orchestrator.store.audit_view import render
-from orchestrator.store.text import escape_surrogates_in, printable
+from orchestrator.store.text import escape_surrogates, escape_surrogates_in, printable
 from orchestrator.training.runner.chat_tokens import encode_rows, special_ids
 from orchestrator.training.runner.samples import BadSamples, load_samples
 from tests.test_loop import GOOD_TEST, config
@@ -291,7 +291,9 @@ def test_evidence_keeps_a_container_s_hostile_output_exactly(tmp_path, kind):
     raw = frame({"evidence": _evidence([{"nodeid": "t.py::t", "outcome": "failed"}], text)}, b"k" * 16)
     result = result_from_output(raw.encode(), False, ("6b" * 16), SandboxLimits(), {"pass": [], "xfail": []},
                                 False, False, False, 1, time.monotonic())
-    assert result.verdict == "fail" and text in result.tests[0]["message"]
+    # The result keeps a lone surrogate as its backslash escape (so it always serialises); the saved
+    # evidence below keeps it exactly.
+    assert result.verdict == "fail" and escape_surrogates(text) in result.tests[0]["message"]
     evidence.record_to(tmp_path)
     try:
         digest = evidence.save(result, result._evidence)

@@ -143,7 +143,7 @@ class Loop:
         if self.state.current_adapter:  # the promoted adapter, as before the crash
             from orchestrator.training.adapters import Registry
 
-            self.backend.load_adapter(Registry(self.run_dir).path(self.state.current_adapter),
+            self.backend.load_adapter(Registry(self.run_dir).checked_path(self.state.current_adapter),
                                       self.state.current_adapter)
         self.audit = AuditLog(self.run_dir / "audit.jsonl")
         self.archive = Archive(self.run_dir / "samples.jsonl")

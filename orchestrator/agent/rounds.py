@@ -356,7 +356,7 @@ class Rounds:
         if self.state.current_adapter:
             from orchestrator.training.adapters import Registry
 
-            self.backend.load_adapter(Registry(self.run_dir).path(self.state.current_adapter),
+            self.backend.load_adapter(Registry(self.run_dir).checked_path(self.state.current_adapter),
                                       self.state.current_adapter)
         self.audit = AuditLog(self.run_dir / "audit.jsonl")
         self.archive = Archive(self.run_dir / "samples.jsonl")

@@ -27,7 +27,7 @@ import requests
 
 from orchestrator.protocol.reply_format import JSON, ReplyFormat, has_closed_block, through_first_block
 from orchestrator.protocol.schema import json_schema
-from orchestrator.training.adapters import AdapterRefused, check_adapter_dir
+from orchestrator.training.adapters import AdapterRefused, adapter_digest, check_adapter_dir  # noqa: F401
 
 # Decoding-time constraints (stricter than validation, which the policy does): small models
 # otherwise spend the token budget on a rambling rationale or repeat list items forever.
@@ -215,14 +215,6 @@ PROBE_TOLERANCE = 1e-3  # logprob difference that counts as "differs" (well abov
 # of IDENTITY_TRIES probes (the CPU engine gave identical probes over 3 reloads).
 IDENTITY_TOLERANCE = 0.05
 IDENTITY_TRIES = 3
-
-
-def adapter_digest(path: Path, max_rank: int | None = None) -> str:
-    """SHA-256 over an adapter's weights and its adapter_config.json (its rank, alpha and targets
-    change what the weights do), after ``check_adapter_dir``'s checks."""
-    weights = check_adapter_dir(path, max_rank)
-    config = hashlib.sha256((Path(path) / "adapter_config.json").read_bytes()).hexdigest()
-    return hashlib.sha256(f"{weights}\n{config}\n".encode()).hexdigest()
 
 
 class VLLMBackend(OpenAIBackend):

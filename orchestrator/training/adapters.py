@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field
 from orchestrator.protocol.workspace import atomic_write
 
 BASE = "base"  # the base model without an adapter
+UNVERIFIABLE = "unverifiable"  # weights_sha256 of an adapter whose files failed check_adapter_dir at registration
 
 
 class AdapterRefused(RuntimeError):
@@ -64,12 +65,21 @@ def check_adapter_dir(path: Path, max_rank: int | None = None) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def adapter_digest(path: Path, max_rank: int | None = None) -> str:
+    """SHA-256 over an adapter's weights and its adapter_config.json (its rank, alpha and targets
+    change what the weights do), after ``check_adapter_dir``'s checks."""
+    weights = check_adapter_dir(path, max_rank)
+    config = hashlib.sha256((Path(path) / "adapter_config.json").read_bytes()).hexdigest()
+    return hashlib.sha256(f"{weights}\n{config}\n".encode()).hexdigest()
+
+
 class AdapterMeta(BaseModel):
     id: str
     parent: str | None
     base_model: str
     config: dict = Field(default_factory=dict)
     data_sha256: str = ""
+    weights_sha256: str = ""  # adapter_digest at registration: what every later load must still find
     samples: int = 0
     metrics: dict = Field(default_factory=dict)
     score: float | None = None
@@ -100,6 +110,25 @@ class Registry:
     def path(self, adapter_id: str) -> Path:
         return self.root / adapter_id
 
+    def checked_path(self, adapter_id: str | None) -> Path | None:
+        """The adapter's directory for a load, after proving it is the one registered: its files digest to
+        the ``weights_sha256`` recorded at registration, and neither it nor a file in it can be written by
+        another user. Anything else raises AdapterRefused (a swap on disk is never served)."""
+        if adapter_id is None or adapter_id == BASE:
+            return None
+        path = self.path(adapter_id)
+        meta = self.meta(adapter_id)
+        for p in [path, *path.iterdir()] if path.is_dir() else [path]:
+            st = os.lstat(p)
+            if st.st_uid != os.geteuid() or st.st_mode & 0o022 or os.path.islink(p):
+                raise AdapterRefused(f"adapter {adapter_id}: {p.name} is writable by another user, or not ours: "
+                                     "refused")
+        if meta.weights_sha256 == UNVERIFIABLE:
+            raise AdapterRefused(f"adapter {adapter_id}: its files could not be verified when it was registered")
+        if meta.weights_sha256 and adapter_digest(path) != meta.weights_sha256:
+            raise AdapterRefused(f"adapter {adapter_id}: its files changed since it was registered: refused")
+        return path
+
     def meta(self, adapter_id: str) -> AdapterMeta:
         return AdapterMeta.model_validate_json((self.path(adapter_id) / "meta.json").read_text())
 
@@ -123,9 +152,14 @@ class Registry:
         adapter_id = f"v{max(existing, default=0) + 1:04d}"
         target = self.path(adapter_id)
         os.replace(trained_dir, target)
+        os.chmod(target, 0o755)  # ours; nobody else writes here (the trainer's files were copied out as ours)
+        try:
+            digest = adapter_digest(target)
+        except AdapterRefused:
+            digest = UNVERIFIABLE  # registered (the gate and the audit name it), never loaded
         meta = AdapterMeta(id=adapter_id, parent=self.current(), base_model=base_model, config=config,
                            data_sha256=metrics.get("data_sha256", ""), samples=metrics.get("samples", 0),
-                           metrics={k: v for k, v in metrics.items() if k != "config"})
+                           weights_sha256=digest, metrics={k: v for k, v in metrics.items() if k != "config"})
         self._write_meta(meta)
         return meta
 

@@ -73,7 +73,7 @@ def burst(run_dir: Path, samples: Path, n_samples: int, backend, audit, model_di
     say(f"gate: {len(ids)} {gate_cfg.split} problems, current model ({previous or 'base'}) then {meta.id}")
     current = gate.model_results(backend, registry, ids, limits, on_problem=progress)
     try:  # the backend serves it only after its checks (vllm: a load probe); else it stays on `previous`
-        backend.load_adapter(registry.path(meta.id), meta.id)
+        backend.load_adapter(registry.checked_path(meta.id), meta.id)
     except AdapterRefused as exc:
         reason = str(exc)
         registry.record_decision(meta.id, False, f"refused: {reason}", None, None)
@@ -94,7 +94,7 @@ def burst(run_dir: Path, samples: Path, n_samples: int, backend, audit, model_di
     meta = registry.record_decision(meta.id, promote, decision, comparison["new"]["pass@1"],
                                     comparison["current"]["pass@1"], comparison)
     if not meta.promoted:
-        backend.load_adapter(registry.path(previous) if previous else None, previous)
+        backend.load_adapter(registry.checked_path(previous), previous)
     audit.append("adapter_decision", iteration=iteration, adapter=meta.id, promoted=meta.promoted,
                  improved=improved, score=comparison["new"]["pass@1"], current_score=comparison["current"]["pass@1"],
                  difference=comparison["difference"], ci95=comparison["ci95"], problems=comparison["problems"],

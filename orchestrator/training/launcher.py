@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import socket
+import stat
 import tempfile
 import threading
 import time
@@ -140,17 +141,57 @@ def run_training(samples: Path, output: Path, config: TrainConfig, model_dir: Pa
     config_file.write_text(config.model_dump_json())
     os.chmod(work, 0o755)
     os.chmod(config_file, 0o644)
+    # The trainer writes into a folder only it and this process can reach: its parent is ours, mode 0700,
+    # so no other host user (not even one with the trainer's UID) can enter it while it is written; the
+    # container reaches it through its bind mount. The adapter is then copied out, as ours, into ``output``.
+    private = Path(tempfile.mkdtemp(prefix="rsi-train-out-"))
+    trainer_out = private / "out"
+    trainer_out.mkdir()
     if os.geteuid() == 0:
-        os.chown(output, TRAINER_UID, TRAINER_UID)
+        os.chown(trainer_out, TRAINER_UID, TRAINER_UID)
     else:
-        os.chmod(output, 0o777)
+        os.chmod(trainer_out, 0o777)
+    try:
+        return _train(client, image, samples, config_file, model_dir, trainer_out, output, limits, gpu, on_log, work)
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+
+
+def copy_out(src: Path, dst: Path, max_bytes: int = 8 << 30) -> None:
+    """The trainer's output, copied as this process's own files (dirs 0755, files 0644): regular files
+    and directories only, no link followed or kept, bounded in size. Nothing the trainer's UID wrote
+    stays writable by it."""
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(src, followlinks=False):
+        rel = Path(dirpath).relative_to(src)
+        (dst / rel).mkdir(mode=0o755, exist_ok=True)
+        os.chmod(dst / rel, 0o755)
+        dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(dirpath, d))]
+        for name in filenames:
+            source = os.path.join(dirpath, name)
+            fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            with os.fdopen(fd, "rb") as fh:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    continue
+                out = os.open(dst / rel / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+                with os.fdopen(out, "wb") as oh:
+                    while chunk := fh.read(1 << 20):
+                        total += len(chunk)
+                        if total > max_bytes:
+                            raise TrainerError(f"the trainer wrote more than {max_bytes} bytes")
+                        oh.write(chunk)
+                os.chmod(dst / rel / name, 0o644)
+
+
+def _train(client, image, samples, config_file, model_dir, trainer_out: Path, output: Path, limits, gpu, on_log,
+           work) -> dict:
     container = None
     tail = None
     timed_out = False
     start = time.monotonic()
     try:
-        container = client.containers.create(**container_kwargs(image, samples, config_file, model_dir, output,
-                                                                limits, gpu))
+        container = client.containers.create(**container_kwargs(image, samples, config_file, model_dir,
+                                                                trainer_out, limits, gpu))
         tail = _Tail(container.attach(stdout=True, stderr=True, stream=True, logs=False), limits.log_lines)
         tail.start()
         container.start()
@@ -167,14 +208,16 @@ def run_training(samples: Path, output: Path, config: TrainConfig, model_dir: Pa
     log.info("trainer.finished", status=status, seconds=round(time.monotonic() - start, 1), timed_out=timed_out)
     message = next((ln for ln in reversed(lines) if ln.startswith("rsi-trainer: ")), lines[-1] if lines else "")
     if timed_out:
-        _clean(output)
         raise TrainerError(f"training timed out after {limits.timeout_s} s")
     if status == EXIT_BAD_INPUT:
-        _clean(output)
         raise TrainerInputError(message.removeprefix("rsi-trainer: "))
-    if status != 0 or not (output / "metrics.json").exists():
-        _clean(output)
+    if status != 0 or not (trainer_out / "metrics.json").is_file():
         raise TrainerError(f"trainer exited with {status}: {message}")
+    try:
+        copy_out(trainer_out, output)
+    except BaseException:
+        _clean(output)  # a failed run leaves no adapter behind
+        raise
     return json.loads((output / "metrics.json").read_text())
 
 

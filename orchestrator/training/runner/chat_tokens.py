@@ -98,7 +98,8 @@ def encode_chat(tokenizer, messages: list[dict], add_generation_prompt: bool = F
 
 def encode_row(tokenizer, row: dict, max_length: int | None = None, specials: re.Pattern | None = None) -> dict:
     """A prompt-completion row (conversational) as ``input_ids`` and ``completion_mask`` (1: the reply's
-    tokens, the only ones in the loss), as TRL/Unsloth build them, truncated to ``max_length``."""
+    tokens, the only ones in the loss), as TRL/Unsloth build them. A row longer than ``max_length`` is
+    left out with its reason, never cut: a cut reply would teach the model a turn without its end."""
     prompt_ids = encode_chat(tokenizer, row["prompt"], add_generation_prompt=True, specials=specials)
     ids = encode_chat(tokenizer, row["prompt"] + row["completion"], specials=specials)
     n = 0  # the completion starts where the two diverge (TRL's common_prefix_length)
@@ -107,10 +108,11 @@ def encode_row(tokenizer, row: dict, max_length: int | None = None, specials: re
     if n == len(ids):
         raise RowRefused("the reply adds no tokens to the prompt")
     mask = [0] * n + [1] * (len(ids) - n)
-    if max_length:
-        ids, mask = ids[:max_length], mask[:max_length]
-        if 1 not in mask:
+    if max_length and len(ids) > max_length:
+        if n >= max_length:
             raise RowRefused(f"the prompt alone fills max_length ({max_length} tokens)")
+        raise RowRefused(f"the reply does not fit max_length ({len(ids)} tokens > {max_length}): left out, "
+                         "not cut (a cut reply has no end of turn)")
     return {"input_ids": ids, "completion_mask": mask}
 
 
