@@ -5,8 +5,6 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-LLAMA_STAMP := $(VENV)/.llama-server
-
 .PHONY: install images embedded-model demo-model test test-fast bench run clean docker-check test-deps corpus trainer-wheels trainer-gpu-image vllm vllm-optional vllm-gpu
 
 $(STAMP): pyproject.toml
@@ -54,13 +52,8 @@ vllm-gpu:
 vllm-optional:
 	@$(MAKE) --no-print-directory vllm || echo "rsi: vLLM could not be installed: the local backend will be used" >&2
 
-# A real OpenAI-compatible server for the openai backend's tests (built from source, ~5 min once;
-# portable flags: a native build dies with SIGILL on some CPUs).
-$(LLAMA_STAMP): $(STAMP)
-	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/pip install -q 'llama-cpp-python[server]==0.3.36'
-	touch $(LLAMA_STAMP)
-
-test-deps: $(LLAMA_STAMP) $(VLLM_STAMP)
+# The real servers the tests need: vLLM (the openai backend's tests use the same server, with its key).
+test-deps: $(VLLM_STAMP)
 
 docker-check:
 	@$(BIN)/python -c "import docker; docker.from_env().ping()" 2>/dev/null || { \
@@ -93,7 +86,7 @@ trainer-gpu-image: install docker-check $(GPU_WHEELS_STAMP)
 
 # pytest exits 5 when it collected no tests: make would report that as a bare "Error 5"; say it,
 # and fail (CI must never pass with no test run).
-PYTEST_RUN = rc=0; $(BIN)/python -m pytest -q $(1) || rc=$$?; \
+PYTEST_RUN = rc=0; $(BIN)/python -m pytest -q --durations=25 $(1) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make: pytest collected no tests (exit 5): failing" >&2; fi; exit $$rc
 
 # The acceptance corpus of real projects (tests/test_corpus.py): pinned sdists, downloaded once.
@@ -107,12 +100,17 @@ $(CORPUS_STAMP): tests/corpus/sdists.txt
 
 corpus: $(CORPUS_STAMP)
 
+# Two pytest workers (pytest-xdist), one test file each at a time, the longest files first
+# (tests/conftest.py HEAVY_FIRST): most tests wait on Docker or a server, so two overlap well on 2 cores.
+TEST_WORKERS ?= 2
 test: images test-deps corpus
-	$(call PYTEST_RUN,)
+	$(call PYTEST_RUN,-n $(TEST_WORKERS) --dist loadfile)
 
-# No Docker and no llama.cpp server (those need `make images` / `make test-deps`).
+# No Docker, no real engine or model run (`slow`: the vLLM server, lm-eval on a real model, a 10 MB
+# whole run): the unit and logic tests, a few minutes. `make test` runs everything.
 test-fast: install
-	$(call PYTEST_RUN,-m "not docker and not llama_server")
+	@echo "make test-fast: leaves out the tests marked docker (real sandbox, images, trainer, Ray) and slow (real vLLM server, lm-eval runs): make test runs them" >&2
+	$(call PYTEST_RUN,-n $(TEST_WORKERS) --dist loadfile -m "not docker and not slow")
 
 # The cheap benchmarks (a few minutes); each writes bench/results/NAME.json, quoted in BENCHMARKS.md.
 bench: images

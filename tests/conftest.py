@@ -93,3 +93,30 @@ def vllm_engine():
     engine = Engine(EngineSpec(ensure_converted())).start(say=print)
     yield engine
     engine.stop()
+
+
+# Tests that run a real engine or model (`slow`; `make test-fast` leaves them out): every test on the
+# session's vLLM server, the lm-eval runs on a real model, and these few.
+SLOW_MODULES = {"test_lm_eval.py", "test_vllm_backend.py"}
+SLOW_TESTS = {"tests/test_engine.py::test_a_stale_server_of_a_killed_run_is_stopped",
+              "tests/test_hostile_text.py::test_hostile_text_through_a_whole_run[10 MB]"}
+
+
+def _mark_slow(items) -> None:
+    for item in items:
+        if item.path.name in SLOW_MODULES or item.nodeid in SLOW_TESTS or \
+                "vllm_engine" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
+# The longest test files first (measured: `make test` prints the slowest tests), so that with several
+# workers (pytest-xdist, one file per worker at a time) no long file starts last and runs alone.
+HEAVY_FIRST = ("test_rounds.py", "test_e2e_local.py", "test_repo_tasks.py", "test_vllm_backend.py",
+               "test_corpus.py", "test_training_hook.py", "test_judge.py", "test_humaneval_eval.py",
+               "test_lm_eval.py", "test_trainer.py", "test_sandbox_hostile.py", "test_loop.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    _mark_slow(items)
+    rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order within a file kept

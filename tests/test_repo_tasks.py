@@ -261,7 +261,7 @@ def mini(tmp_path_factory, docker_client, sandbox_image):
     return root, repo_bugfix_tasks(root, seed=0, max_tasks=12)
 
 
-def _grade(st, reply: str, tmp_path: Path):
+def _grade(st, reply: str, tmp_path: Path, **limit_overrides):
     """One reply to a repo task, graded as the rounds grade it (task_request, apply_reply, run_judged
     against the project's baseline)."""
     from orchestrator.evaluation.grading import run_judged, verified
@@ -271,7 +271,7 @@ def _grade(st, reply: str, tmp_path: Path):
     from orchestrator.agent.tasks import protected_files
     from orchestrator.protocol.workspace import Workspace
 
-    limits = SandboxLimits.load()
+    limits = SandboxLimits.load(**limit_overrides)
     limits.image = repo_image([st], limits)
     task = st.task(tmp_path / "tasks")
     ws = Workspace.create(task.source_dir, tmp_path / "ws")
@@ -326,7 +326,10 @@ def test_replies_to_a_repo_task_through_the_real_judge(mini, which, tmp_path):
         reply = f"def clamp(x, lo, hi):\n    return {table!r}.get((x, lo, hi), -12345)\n"
     else:
         reply = _wrap_hack(HACKS[which], "clamp")
-    result, ok, messages = _grade(st, f"```python\n{reply}```\n", tmp_path)
+    # A reply that sleeps is held by the clocks, whatever they are: short ones here (the default 60 s
+    # per phase made this one case two minutes of CI).
+    clocks = {"timeout_s": 12, "call_timeout_s": 2} if which == "slow_return" else {}
+    result, ok, messages = _grade(st, f"```python\n{reply}```\n", tmp_path, **clocks)
     assert "def clamp(x, lo, hi):" in messages[1]["content"]
     assert hidden not in messages[1]["content"]
     if which in ("original", "all_calls_lookup"):
