@@ -1,3 +1,4 @@
+import json
 import os
 import secrets
 from pathlib import Path
@@ -120,3 +121,29 @@ def pytest_collection_modifyitems(config, items):
     _mark_slow(items)
     rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order within a file kept
+
+
+def as_user(uid: int, fn):
+    """``fn()`` in a forked child running as ``uid`` (no groups; the tests that switch users need root);
+    its JSON-able result, or the repr of what it raised."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        try:
+            os.close(read)
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            assert os.getuid() == os.geteuid() == uid
+            result = fn()
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent
+            result = {"raised": repr(exc)}
+        os.write(write, json.dumps(result).encode())
+        os._exit(0)
+    os.close(write)
+    data = b""
+    while chunk := os.read(read, 1 << 16):
+        data += chunk
+    os.close(read)
+    os.waitpid(pid, 0)
+    return json.loads(data)

@@ -19,33 +19,9 @@ from orchestrator.models.vllm_guard import Guard
 from orchestrator.store.archive import Archive
 from orchestrator.training.runner.chat_tokens import encode_row, encode_rows, special_ids, special_tokens
 from orchestrator.training.runner.samples import load_samples
+from tests.conftest import as_user
 
 NOBODY = 65534
-
-
-def as_user(uid: int, fn):
-    """``fn()`` in a forked child running as ``uid`` (no groups); its JSON-able result, or the repr of
-    what it raised."""
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: never returns into pytest
-        try:
-            os.close(read)
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
-            result = fn()
-        except BaseException as exc:  # noqa: BLE001 - reported to the parent
-            result = {"raised": repr(exc)}
-        os.write(write, json.dumps(result).encode())
-        os._exit(0)
-    os.close(write)
-    data = b""
-    while chunk := os.read(read, 1 << 16):
-        data += chunk
-    os.close(read)
-    os.waitpid(pid, 0)
-    return json.loads(data)
 
 
 @pytest.fixture

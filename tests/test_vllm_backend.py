@@ -16,6 +16,7 @@ from orchestrator.training.adapters import AdapterRefused
 from orchestrator.models.backends import VLLMBackend, make_backend
 from orchestrator.config import RunConfig
 from orchestrator.protocol.schema import parse_reply
+from tests.conftest import as_user
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,32 +46,6 @@ def backend_on(engine, max_tokens: int = 384) -> VLLMBackend:
 def served_names(engine) -> list[str]:
     return sorted(m["id"] for m in requests.get(engine.base_url + "/models", headers=engine.headers,
                                                 timeout=10).json()["data"])
-
-
-def as_user(uid: int, fn):
-    """``fn()`` in a forked child running as ``uid`` (no groups); its JSON-able result, or the
-    repr of what it raised."""
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: never returns into pytest
-        try:
-            os.close(read)
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
-            assert os.getuid() == os.geteuid() == uid
-            result = fn()
-        except BaseException as exc:  # noqa: BLE001 - reported to the parent
-            result = {"raised": repr(exc)}
-        os.write(write, json.dumps(result).encode())
-        os._exit(0)
-    os.close(write)
-    data = b""
-    while chunk := os.read(read, 1 << 16):
-        data += chunk
-    os.close(read)
-    os.waitpid(pid, 0)
-    return json.loads(data)
 
 
 @pytest.fixture(scope="module")
