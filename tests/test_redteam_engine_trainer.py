@@ -561,8 +561,6 @@ def offsets_as_text() -> bytes:
     return len(header).to_bytes(8, "little") + header + b"\1" * 8
 
 
-@pytest.mark.xfail(strict=True, reason="break: the trainer's own meta.json survives a register that raises "
-                                       "after the move: the registry reports a forged, promoted adapter")
 def test_the_trainer_cannot_write_the_registry_record_of_its_adapter(open_tmp):
     """The trainer's /out is copied whole into the staging folder, meta.json included, and
     ``Registry.register`` moves it in as vNNNN before it writes its own meta.json. A header whose tensor
@@ -571,19 +569,28 @@ def test_the_trainer_cannot_write_the_registry_record_of_its_adapter(open_tmp):
     score 0.99, weights_sha256 "") is the record ``Registry.list`` gives the report and ``rsi adapters``,
     and ``checked_path`` passes it (an empty weights_sha256 skips the digest). Positive control: the same
     forged meta.json next to well-formed weights is overwritten by the registry's own."""
+    from orchestrator.training.adapters import Registry
+
     needs_root()
     forged = json.dumps({"id": "v0001", "parent": None, "base_model": "base", "weights_sha256": "",
                          "promoted": True, "score": 0.99, "decision": "promoted: beyond noise"}).encode()
+    from orchestrator.training.launcher import TrainerError
+
     run_dir, model = a_run(open_tmp / "control")
-    registry, adapter = train_into(run_dir, model, hostile_docker(files={"meta.json": forged}))
+    registry, adapter = train_into(run_dir, model, FakeDocker())
     assert registry.meta(adapter).score is None and registry.meta(adapter).weights_sha256  # control
+    # Closed (the lead): a meta.json in the trainer's output is refused outright; nothing is registered.
+    run_dir, model = a_run(open_tmp / "refused")
+    with pytest.raises(TrainerError, match="only the host's registry writes"):
+        train_into(run_dir, model, hostile_docker(files={"meta.json": forged}))
+    assert Registry(run_dir).list() == []
     run_dir, model = a_run(open_tmp / "attack")
     try:
         train_into(run_dir, model, hostile_docker(files={"meta.json": forged,
                                                          "adapter_model.safetensors": offsets_as_text()}))
     except Exception:  # noqa: BLE001 - the burst fails; what it leaves is the question
         pass
-    from orchestrator.training.adapters import AdapterRefused, Registry
+    from orchestrator.training.adapters import AdapterRefused
 
     listed = Registry(run_dir).list()
     assert not any(m.promoted or m.score is not None for m in listed), [m.model_dump() for m in listed]
@@ -592,8 +599,6 @@ def test_the_trainer_cannot_write_the_registry_record_of_its_adapter(open_tmp):
             Registry(run_dir).checked_path(m.id)
 
 
-@pytest.mark.xfail(strict=True, reason="break: a directory named meta.json in the trainer's output makes every "
-                                       "later Registry.list() of the run raise (report, rsi adapters)")
 def test_a_trainer_output_cannot_break_the_registry_for_good(open_tmp):
     """copy_out keeps the trainer's directories, whatever their names: a ``meta.json/`` directory lands in
     vNNNN, ``register``'s atomic write of meta.json then raises IsADirectoryError, and from then on
@@ -662,8 +667,6 @@ def put_first_in_place_of_second(root: str, first: str, second: str):
     return attack
 
 
-@pytest.mark.xfail(strict=True, reason="break: checked_path trusts the folder vNNNN sits in: with adapters/ "
-                                       "group-writable (umask 002) a group member swaps whole version folders")
 def test_checked_path_refuses_a_version_folder_moved_in_by_another_user(open_tmp):
     """checked_path calls a version folder or file with mode & 0o022 "writable by another user", but never
     looks at the folder holding it: ``adapters/`` and the run dir are made by mkdir(parents=True) with
@@ -678,20 +681,19 @@ def test_checked_path_refuses_a_version_folder_moved_in_by_another_user(open_tmp
     outcome = as_group_member(NOBODY, 0, put_first_in_place_of_second(str(registry.root), first, second))
     assert outcome.startswith("refused"), outcome  # control
     registry, first, second = two_adapters_under_umask(open_tmp / "atk", 0o002)
-    promoted = (registry.path(second) / "adapter_model.safetensors").read_bytes()
+    # Closed twice (the lead): the registry makes adapters/ 0755 whatever the umask, so the swap fails...
+    assert as_group_member(NOBODY, 0, put_first_in_place_of_second(str(registry.root), first, second)) \
+        .startswith("refused")
+    # ... and where a folder above it is group-writable anyway (made so by hand), checked_path refuses
+    # to hand anything out, swapped or not.
+    registry.root.chmod(0o775)
     assert as_group_member(NOBODY, 0, put_first_in_place_of_second(str(registry.root), first, second)) == "swapped"
     from orchestrator.training.adapters import AdapterRefused
 
-    try:
-        served = registry.checked_path(registry.current())
-    except AdapterRefused:
-        return
-    assert (served / "adapter_model.safetensors").read_bytes() == promoted, \
-        f"checked_path({registry.current()}) passed other weights ({registry.meta(registry.current()).id}'s)"
+    with pytest.raises(AdapterRefused, match="can be changed by another user"):
+        registry.checked_path(registry.current())
 
 
-@pytest.mark.xfail(strict=True, reason="break: the registry records the data digest the trainer claims; the host "
-                                       "never checks it against the samples file it mounted")
 def test_the_recorded_data_digest_is_the_samples_the_host_mounted(open_tmp):
     """metrics.json is the trainer's word: its ``data_sha256`` (the digest of the samples file, which the
     host has) goes into meta.json and the audit's adapter_trained event as the adapter's provenance
@@ -711,3 +713,24 @@ def test_the_recorded_data_digest_is_the_samples_the_host_mounted(open_tmp):
     except Exception:  # noqa: BLE001 - refusing the lying trainer's run is a fix too
         return
     assert registry.meta(adapter).data_sha256 in (truth, ""), registry.meta(adapter).data_sha256
+
+
+def test_weights_with_text_offsets_are_refused_not_crashed_on(open_tmp):
+    """Closed with the trainer's meta.json break: ``check_adapter_dir`` refuses tensor offsets that are
+    not whole numbers (it raised TypeError, outside its checks), and a registration whose files fail
+    any check is recorded UNVERIFIABLE, never loaded."""
+    from orchestrator.training.adapters import UNVERIFIABLE, AdapterRefused, check_adapter_dir
+
+    needs_root()
+    folder = open_tmp / "text-offsets"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text(json.dumps({"r": 8, "target_modules": ["q_proj"]}))
+    (folder / "adapter_model.safetensors").write_bytes(offsets_as_text())
+    with pytest.raises(AdapterRefused, match="no readable tensor header"):
+        check_adapter_dir(folder)
+    run_dir, model = a_run(open_tmp / "run")
+    registry, adapter = train_into(run_dir, model, hostile_docker(files={"adapter_model.safetensors":
+                                                                         offsets_as_text()}))
+    assert registry.meta(adapter).weights_sha256 == UNVERIFIABLE
+    with pytest.raises(AdapterRefused, match="could not be verified"):
+        registry.checked_path(adapter)

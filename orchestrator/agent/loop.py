@@ -51,6 +51,7 @@ from orchestrator.sandbox.container import SandboxLimits, SandboxResult, run_tes
 from orchestrator.store.archive import Archive
 from orchestrator.store.audit import AuditLog
 from orchestrator.store.text import printable
+from orchestrator.training.adapters import private_to_us
 
 if TYPE_CHECKING:
     from orchestrator.training.burst import BurstResult
@@ -96,6 +97,7 @@ class Loop:
         if self.run_dir.exists() and any(self.run_dir.iterdir()):
             raise RunError(f"{self.run_dir} is not empty; use --resume to continue a run")
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        private_to_us(self.run_dir)
         run_id = f"{_now()}-{secrets.token_hex(3)}"
         source = task.source_dir
         # a workspace that brings no hidden tests: a seeded share of its judgeable visible test

@@ -58,6 +58,7 @@ from orchestrator.sandbox.container import InfraError, SandboxLimits, SandboxRes
 from orchestrator.store.archive import Archive
 from orchestrator.store.audit import AuditLog
 from orchestrator.store.text import json_line, printable
+from orchestrator.training.adapters import private_to_us
 
 log = structlog.get_logger(__name__)
 STATE_FILE = "rounds.json"
@@ -323,6 +324,7 @@ class Rounds:
             raise RoundsError(f"suite {suite.name} has no train tasks (held-out tasks are never trained on)")
         self.suite = Suite(name=suite.name, seed=suite.seed, tasks=train)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        private_to_us(self.run_dir)
         atomic_write(self.run_dir / "run.json", RunInfo(
             mode="rounds", suite=suite.name, suite_seed=suite.seed, tasks=[t.id for t in train],
             task_specs=[t for t in train if suite.name.startswith("tasks:") or t.kind in ("dir", "repo")],

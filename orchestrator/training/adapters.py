@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -55,6 +56,8 @@ def check_adapter_dir(path: Path, max_rank: int | None = None) -> str:
         size = int.from_bytes(data[:8], "little")
         header = json.loads(data[8:8 + size]) if len(data) >= 8 + size and size > 0 else None
         ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"]
+        if not all(type(e) is int and e >= 0 for e in ends):
+            raise ValueError("offsets must be whole numbers")
     except (ValueError, TypeError, KeyError, AttributeError, IndexError):
         header, ends = None, []
     if not header or not ends:
@@ -90,6 +93,25 @@ class AdapterMeta(BaseModel):
     created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
 
+def private_to_us(folder: Path) -> None:
+    """Take group and other write access off a folder this run writes (a run directory made under
+    umask 002 would let the group move its adapters around)."""
+    os.chmod(folder, stat.S_IMODE(os.stat(folder).st_mode) & ~0o022)
+
+
+def _owned_all_the_way(root: Path, adapter_id: str) -> None:
+    """The registry's folder and every folder above it belong to us or root and no one else can write
+    them (a sticky, root-owned folder such as /tmp counts as safe): otherwise another user could move a
+    different version folder in under this name, or swap one between the check and the engine's read."""
+    me = os.geteuid()
+    here = Path(os.path.abspath(root))
+    for folder in [here, *here.parents]:
+        st = os.lstat(folder)
+        sticky_root = st.st_uid == 0 and st.st_mode & stat.S_ISVTX
+        if stat.S_ISLNK(st.st_mode) or st.st_uid not in (me, 0) or (st.st_mode & 0o022 and not sticky_root):
+            raise AdapterRefused(f"adapter {adapter_id}: {folder} can be changed by another user: refused")
+
+
 class Registry:
     def __init__(self, run_dir: Path | str):
         self.root = Path(run_dir) / "adapters"
@@ -101,7 +123,7 @@ class Registry:
         return {"current": None, "history": []}
 
     def _store(self, data: dict) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
+        self._make_root()
         atomic_write(self.file, json.dumps(data, indent=2).encode())
 
     def current(self) -> str | None:
@@ -110,6 +132,12 @@ class Registry:
     def path(self, adapter_id: str) -> Path:
         return self.root / adapter_id
 
+    def _make_root(self) -> None:
+        """The registry's folder, 0755 whatever the umask (a group-writable one would let the group move
+        version folders around: ``checked_path`` refuses that)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o755)
+
     def checked_path(self, adapter_id: str | None) -> Path | None:
         """The adapter's directory for a load, after proving it is the one registered: its files digest to
         the ``weights_sha256`` recorded at registration, and neither it nor a file in it can be written by
@@ -117,7 +145,12 @@ class Registry:
         if adapter_id is None or adapter_id == BASE:
             return None
         path = self.path(adapter_id)
+        _owned_all_the_way(self.root, adapter_id)
         meta = self.meta(adapter_id)
+        if meta.id != adapter_id:
+            raise AdapterRefused(f"adapter {adapter_id}: its folder holds the record of {meta.id}: refused")
+        if not meta.weights_sha256:
+            raise AdapterRefused(f"adapter {adapter_id}: no digest was recorded when it was registered: refused")
         for p in [path, *path.iterdir()] if path.is_dir() else [path]:
             st = os.lstat(p)
             if st.st_uid != os.geteuid() or st.st_mode & 0o022 or os.path.islink(p):
@@ -135,19 +168,24 @@ class Registry:
     def list(self) -> list[AdapterMeta]:
         if not self.root.exists():
             return []
-        return [self.meta(p.name) for p in sorted(self.root.glob("v[0-9][0-9][0-9][0-9]"))
-                if (p / "meta.json").exists()]
+        out = []
+        for p in sorted(self.root.glob("v[0-9][0-9][0-9][0-9]")):
+            try:
+                out.append(self.meta(p.name))
+            except (OSError, ValueError):  # a folder without a readable record is not an adapter
+                continue
+        return out
 
     def staging_dir(self) -> Path:
         """A fresh directory for the trainer to write into."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        self._make_root()
         staging = self.root / ".staging"
         shutil.rmtree(staging, ignore_errors=True)
         return staging
 
     def register(self, trained_dir: Path, base_model: str, config: dict, metrics: dict) -> AdapterMeta:
         """Move a finished training output in as the next version (not promoted)."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        self._make_root()
         existing = [int(p.name[1:]) for p in self.root.glob("v[0-9][0-9][0-9][0-9]")]
         adapter_id = f"v{max(existing, default=0) + 1:04d}"
         target = self.path(adapter_id)
@@ -155,7 +193,7 @@ class Registry:
         os.chmod(target, 0o755)  # ours; nobody else writes here (the trainer's files were copied out as ours)
         try:
             digest = adapter_digest(target)
-        except AdapterRefused:
+        except Exception:  # noqa: BLE001 - whatever the files are, they were not verified
             digest = UNVERIFIABLE  # registered (the gate and the audit name it), never loaded
         meta = AdapterMeta(id=adapter_id, parent=self.current(), base_model=base_model, config=config,
                            data_sha256=metrics.get("data_sha256", ""), samples=metrics.get("samples", 0),

@@ -10,6 +10,7 @@ clear error when none is available.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -157,12 +158,30 @@ def run_training(samples: Path, output: Path, config: TrainConfig, model_dir: Pa
         shutil.rmtree(private, ignore_errors=True)
 
 
+HOST_NAMES = {"meta.json"}  # written into an adapter's folder by the host's registry, never by the trainer
+MAX_OUTPUT_FILES = 1000
+
+
 def copy_out(src: Path, dst: Path, max_bytes: int = 8 << 30) -> None:
     """The trainer's output, copied as this process's own files (dirs 0755, files 0644): regular files
-    and directories only, no link followed or kept, bounded in size. Nothing the trainer's UID wrote
-    stays writable by it."""
-    total = 0
+    and directories only, no link followed or kept, bounded in size and count; a name the host's
+    registry writes (``meta.json``) is refused. Nothing the trainer's UID wrote stays writable by it.
+    Anything wrong is a TrainerError."""
+    try:
+        _copy_out(src, dst, max_bytes)
+    except OSError as exc:
+        raise TrainerError(f"the trainer's output cannot be copied ({exc.strerror or exc}): refused") from None
+
+
+def _copy_out(src: Path, dst: Path, max_bytes: int) -> None:
+    total = files = 0
     for dirpath, dirnames, filenames in os.walk(src, followlinks=False):
+        files += len(dirnames) + len(filenames)
+        if files > MAX_OUTPUT_FILES:
+            raise TrainerError(f"the trainer wrote more than {MAX_OUTPUT_FILES} files: refused")
+        if Path(dirpath) == src and HOST_NAMES & set(dirnames + filenames):
+            raise TrainerError(f"the trainer wrote {sorted(HOST_NAMES & set(dirnames + filenames))[0]}, a name "
+                               "only the host's registry writes: refused")
         rel = Path(dirpath).relative_to(src)
         (dst / rel).mkdir(mode=0o755, exist_ok=True)
         os.chmod(dst / rel, 0o755)
@@ -215,10 +234,15 @@ def _train(client, image, samples, config_file, model_dir, trainer_out: Path, ou
         raise TrainerError(f"trainer exited with {status}: {message}")
     try:
         copy_out(trainer_out, output)
+        metrics = json.loads((output / "metrics.json").read_text())
+        if not isinstance(metrics, dict) or not isinstance(metrics.get("losses"), list):
+            raise TrainerError("the trainer's metrics.json is not a record with its losses: refused")
+        # The samples' digest is the file the host mounted, whatever the trainer's metrics claim.
+        metrics["data_sha256"] = hashlib.sha256(Path(samples).read_bytes()).hexdigest()
     except BaseException:
         _clean(output)  # a failed run leaves no adapter behind
         raise
-    return json.loads((output / "metrics.json").read_text())
+    return metrics
 
 
 def _clean(output: Path) -> None:
