@@ -734,3 +734,109 @@ def test_weights_with_text_offsets_are_refused_not_crashed_on(open_tmp):
     assert registry.meta(adapter).weights_sha256 == UNVERIFIABLE
     with pytest.raises(AdapterRefused, match="could not be verified"):
         registry.checked_path(adapter)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Third pass (issue 24, after e6d2727): the trainer's output reached through /proc, the adapter's config
+
+
+RT_TRAINER = """
+import json, os, sys, time
+mark = sys.argv[1]
+def weights(fill):
+    header = json.dumps({"lora_A": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}).encode()
+    header += b" " * (-len(header) % 8)
+    return len(header).to_bytes(8, "little") + header + bytes([fill]) * 8
+open("/out/" + mark, "w").close()
+open("/out/adapter_config.json", "w").write(json.dumps({"r": 8, "lora_alpha": 16, "target_modules": ["q_proj"]}))
+open("/out/adapter_model.safetensors", "wb").write(weights(1))
+time.sleep(float(sys.argv[2]))  # the rest of training
+os.unlink("/out/" + mark)
+open("/out/metrics.json", "w").write(json.dumps({"losses": [1.0], "samples": 1}))
+"""
+
+
+class TinyTrainerDocker:
+    """The real Docker engine and the launcher's real container (its user, binds, hardening), with a
+    few lines of Python in the sandbox image in place of the trainer image: it writes an adapter (fill
+    1) and a marker into /out, "trains" on for ``seconds``, then writes metrics.json and exits 0."""
+
+    def __init__(self, client, image: str, mark: str, seconds: float):
+        self.client, self.image, self.mark, self.seconds = client, image, mark, seconds
+        outer = self
+
+        class Containers:
+            @staticmethod
+            def create(**kwargs):
+                kwargs = {**kwargs, "image": outer.image, "entrypoint": ["python3", "-I", "-S", "-c", RT_TRAINER],
+                          "command": [outer.mark, str(outer.seconds)]}
+                return outer.client.containers.create(**kwargs)
+        self.containers = Containers()
+
+    def __getattr__(self, name):
+        return getattr(self.client, name)
+
+
+def swap_through_proc(mark: str, patience_s: float = 30):
+    """The attack, as a host account with the trainer's UID: no Docker socket, no access to the launcher's
+    0700 folder. It looks for a process whose root holds /out/<mark> (the trainer's container, same UID,
+    so /proc/<pid>/root is open to it) and replaces the weights in that /out."""
+    import time
+
+    def attack():
+        end = time.monotonic() + patience_s
+        while time.monotonic() < end:
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                out = f"/proc/{pid}/root/out"
+                try:
+                    if not os.path.exists(f"{out}/{mark}"):
+                        continue
+                    with open(f"{out}/.swap", "wb") as fh:
+                        fh.write(safetensors_bytes(7))
+                    os.replace(f"{out}/.swap", f"{out}/adapter_model.safetensors")
+                    return "swapped"
+                except OSError:
+                    continue
+            time.sleep(0.05)
+        return "found no trainer"
+    return attack
+
+
+@pytest.mark.docker
+@pytest.mark.xfail(strict=True, reason="break: a host account with the trainer's UID 10001 writes the trainer's "
+                                       "/out through /proc/<pid>/root/out (the 0700 parent is bypassed): its "
+                                       "weights are registered as trained")
+def test_the_trainer_uid_cannot_write_the_trainer_output_through_proc(open_tmp, docker_client, sandbox_image):
+    """fe5ed8f put the trainer's output folder under a 0700 parent so that no other host user, "not even
+    one with the trainer's UID", can reach it while it is written. But the trainer's processes run as
+    UID 10001 on the host (no user namespace), and /proc/<pid>/root of a process is open to every process
+    of the same UID (ptrace read access: same uid/gid, dumpable, no capabilities to protect): the path
+    /proc/<pid>/root/out reaches the bind-mounted folder without passing through its host parent.
+    A host account with UID 10001 (an LDAP user, another service's container user) replaces
+    adapter_model.safetensors while the trainer runs (or later, through a directory descriptor it opened
+    then: it stays valid after the container is gone, up to copy_out); copy_out copies it as ours, the
+    registry digests and records it, and the audit says it was trained on this run's samples.
+    Positive control: the attacker reports the swap, and without it the trainer's weights (fill 1) are
+    registered (the test's first run)."""
+    import secrets
+    import threading
+
+    from orchestrator.training.launcher import TRAINER_UID
+
+    needs_root()
+    run_dir, model = a_run(open_tmp / "control")
+    client = TinyTrainerDocker(docker_client, sandbox_image, f".rt-{secrets.token_hex(6)}", 0.5)
+    registry, adapter = train_into(run_dir, model, client)
+    assert (registry.path(adapter) / "adapter_model.safetensors").read_bytes() == safetensors_bytes(1)  # control
+
+    run_dir, model = a_run(open_tmp / "attacked")
+    mark = f".rt-{secrets.token_hex(6)}"
+    outcome = {}
+    attacker = threading.Thread(target=lambda: outcome.update(r=as_user(TRAINER_UID, swap_through_proc(mark))))
+    attacker.start()
+    try:
+        registry, adapter = train_into(run_dir, model, TinyTrainerDocker(docker_client, sandbox_image, mark, 4))
+    finally:
+        attacker.join(40)
+    served = (registry.path(adapter) / "adapter_model.safetensors").read_bytes()
+    assert served == safetensors_bytes(1), f"the attacker {outcome.get('r')}: the registered weights are its own"
