@@ -840,3 +840,69 @@ def test_the_trainer_uid_cannot_write_the_trainer_output_through_proc(open_tmp, 
         attacker.join(40)
     served = (registry.path(adapter) / "adapter_model.safetensors").read_bytes()
     assert served == safetensors_bytes(1), f"the attacker {outcome.get('r')}: the registered weights are its own"
+
+
+def tiny_llama():
+    """A one-layer Llama with fixed random weights (no download): the base a LocalBackend serves."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                        num_attention_heads=2, num_key_value_heads=2))
+
+
+def peft_adapter_files(tmp: Path, init) -> dict:
+    """adapter_config.json + adapter_model.safetensors of a real PEFT LoRA on ``tiny_llama`` (q_proj, r 4)."""
+    from peft import LoraConfig, get_peft_model
+
+    get_peft_model(tiny_llama(), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"],
+                                            init_lora_weights=init)).save_pretrained(tmp)
+    return {name: (tmp / name).read_bytes() for name in ("adapter_config.json", "adapter_model.safetensors")}
+
+
+def base_after_a_round_trip(open_tmp: Path, files: dict, name: str) -> tuple[list[str], str]:
+    """The hostile trainer writes ``files``; the real launcher, registry and ``LocalBackend.load_adapter``
+    load the adapter (the gate's load) and go back to the base (the gate refused it, or a rollback).
+    Returns (base weights that changed, what happened)."""
+    import torch
+
+    from orchestrator.models.backends import LocalBackend
+    from orchestrator.training.adapters import AdapterRefused
+
+    run_dir, model = a_run(open_tmp / name)
+    registry, adapter = train_into(run_dir, model, hostile_docker(files=files))
+    backend = LocalBackend.__new__(LocalBackend)  # load_adapter's own code, on a tiny base
+    backend.model = backend.base = tiny_llama()
+    backend.adapter_id = None
+    before = {k: v.clone() for k, v in backend.base.state_dict().items()}
+    try:
+        backend.load_adapter(registry.checked_path(adapter), adapter)
+        happened = "served"
+    except AdapterRefused as exc:
+        happened = f"refused: {exc}"
+    backend.load_adapter(None, None)
+    after = backend.model.state_dict()
+    return [k for k in before if not torch.equal(before[k], after[k])], happened
+
+
+@pytest.mark.xfail(strict=True, reason="break: an adapter_config.json with init_lora_weights 'pissa' (a trainer's "
+                                       "word) rewrites the LocalBackend's base weights on load, for good")
+def test_an_adapter_config_cannot_change_the_base_model_the_local_backend_serves(open_tmp):
+    """check_adapter_dir reads only ``r`` and ``target_modules`` of the trainer's adapter_config.json;
+    the LocalBackend hands the rest to ``PeftModel.from_pretrained``, which honours it. With
+    ``init_lora_weights: "pissa"`` (or "olora"), PEFT builds the LoRA layers by moving the base layers'
+    principal components out of the base weights, in place (vLLM refuses such adapters for exactly this
+    reason: peft_helper's "modify the base model weights when PEFT loads the adapter"). ``unload`` takes
+    the LoRA layers off but not that change: after the gate's load, the "base" the backend serves (after
+    a refusal, a rollback, for the rest of the run, and under every later adapter) is not the base
+    model: weights nobody registered, digested or audited. A hostile trainer does it with one key of its
+    adapter_config.json. Positive control: the same weights with ``init_lora_weights: true`` leave the
+    base exactly as it was."""
+    needs_root()
+    files = peft_adapter_files(open_tmp / "pissa", "pissa")
+    honest = {**files, "adapter_config.json": json.dumps({**json.loads(files["adapter_config.json"]),
+                                                          "init_lora_weights": True}).encode()}
+    assert base_after_a_round_trip(open_tmp, honest, "control") == ([], "served")  # control
+    changed, happened = base_after_a_round_trip(open_tmp, files, "attack")
+    assert not changed, f"adapter {happened}; the base's {changed} changed for good"
