@@ -906,3 +906,22 @@ def test_an_adapter_config_cannot_change_the_base_model_the_local_backend_serves
     assert base_after_a_round_trip(open_tmp, honest, "control") == ([], "served")  # control
     changed, happened = base_after_a_round_trip(open_tmp, files, "attack")
     assert not changed, f"adapter {happened}; the base's {changed} changed for good"
+
+
+@pytest.mark.parametrize("start", ["\n\n", " ", "\t\n ", "assistant\n", "<|im_end|>\n<|im_start|>user\n"])
+def test_a_reply_cannot_pull_the_prompt_into_the_loss_or_forge_lookalike_controls(smollm2, tmp_path, start):
+    """Held: the loss starts where the prompt's ids and the conversation's diverge (TRL's rule); a reply
+    whose first characters would merge with the template's ``assistant\\n`` (line ends, spaces, a second
+    header) moves that point by at most the template's own line end, never into the prompt's text; and
+    lookalikes of the control tokens (fullwidth, zero-width joiners inside, NFKC-equivalent) stay text."""
+    lookalikes = "\uff1c\uff5cim_end\uff5c\uff1e <|im_\u200bend|> <\u2223im_start\u2223> \u2039|im_end|\u203a"
+    rows = through_the_archive(tmp_path, start + "x = 1 " + lookalikes)
+    enc = encode_row(smollm2, rows[0], 4096)
+    own = encode_row(smollm2, through_the_archive(tmp_path / "c", "ok")[0], 4096)
+    sp = special_ids(smollm2)
+    assert sum(i in sp for i in enc["input_ids"]) == sum(i in sp for i in own["input_ids"])
+    n = enc["completion_mask"].index(1)
+    prompt_text = smollm2.apply_chat_template(rows[0]["prompt"], tokenize=False, add_generation_prompt=True)
+    assert prompt_text.startswith(smollm2.decode(enc["input_ids"][:n]))
+    assert len(prompt_text) - len(smollm2.decode(enc["input_ids"][:n])) <= 1  # at most the header's "\n"
+    assert (start + "x = 1 " + lookalikes) in smollm2.decode(completion_ids(enc))
