@@ -289,7 +289,10 @@ def test_trainer_and_sandbox_containers_share_one_hardening(tmp_path):
     # The sandbox adds one mount to the shared ones: the judge's private tmpfs (its UID's alone, 0700).
     assert {k: cs[k] for k in want if k != "tmpfs"} == {k: v for k, v in want.items() if k != "tmpfs"}
     assert cs["tmpfs"]["/tmp"] == want["tmpfs"]["/tmp"] and "noexec" in cs["tmpfs"]["/tmp"]
-    assert set(cs["tmpfs"]) == {"/tmp", "/rsi-judge"} and "mode=0700,uid=10002,gid=10002" in cs["tmpfs"]["/rsi-judge"]
+    assert set(cs["tmpfs"]) == {"/tmp", "/rsi-judge"} and "mode=0700,uid=" in cs["tmpfs"]["/rsi-judge"]
+    # judge_user "auto": a fresh UID per container, that no host account or process has
+    uids = {container_settings(sl)["tmpfs"]["/rsi-judge"].split("uid=")[1].split(",")[0] for _ in range(5)}
+    assert len(uids) == 5 and all(int(u) >= 1_000_000_000 for u in uids)
 
 
 def test_has_runtime_entry_point():

@@ -77,10 +77,15 @@ def run_with_adapter(tmp_path_factory):
 
     from orchestrator.models.embedded_model import ensure_converted
 
+    from orchestrator.training.adapters import Registry
+
     run = tmp_path_factory.mktemp("run")
     model = AutoModelForCausalLM.from_pretrained(ensure_converted())
     peft = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
-    peft.save_pretrained(run / "adapters" / "v0001")
+    registry = Registry(run)
+    staging = registry.staging_dir()
+    peft.save_pretrained(staging)
+    assert registry.register(staging, "smollm2", {}, {"samples": 0}).id == "v0001"  # as a burst registers it
     return run
 
 

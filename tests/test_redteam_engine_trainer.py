@@ -1,7 +1,8 @@
 """Red team (issue 24, closing round): the trainer's input and the engine's adapter registry, attacked
 as a model whose replies become training data and as a hostile local process running as another user.
 
-Breaks are ``xfail(strict=True)`` with their attack and a positive control; attacks that held are
+Breaks were ``xfail(strict=True)`` with their attack and a positive control, each removed when the lead
+closed it (three passes; every one is closed now); attacks that held are
 ordinary tests. Tests that need a vLLM server use the session's ``vllm_engine``.
 """
 
@@ -803,9 +804,6 @@ def swap_through_proc(mark: str, patience_s: float = 30):
 
 
 @pytest.mark.docker
-@pytest.mark.xfail(strict=True, reason="break: a host account with the trainer's UID 10001 writes the trainer's "
-                                       "/out through /proc/<pid>/root/out (the 0700 parent is bypassed): its "
-                                       "weights are registered as trained")
 def test_the_trainer_uid_cannot_write_the_trainer_output_through_proc(open_tmp, docker_client, sandbox_image):
     """fe5ed8f put the trainer's output folder under a 0700 parent so that no other host user, "not even
     one with the trainer's UID", can reach it while it is written. But the trainer's processes run as
@@ -886,8 +884,6 @@ def base_after_a_round_trip(open_tmp: Path, files: dict, name: str) -> tuple[lis
     return [k for k in before if not torch.equal(before[k], after[k])], happened
 
 
-@pytest.mark.xfail(strict=True, reason="break: an adapter_config.json with init_lora_weights 'pissa' (a trainer's "
-                                       "word) rewrites the LocalBackend's base weights on load, for good")
 def test_an_adapter_config_cannot_change_the_base_model_the_local_backend_serves(open_tmp):
     """check_adapter_dir reads only ``r`` and ``target_modules`` of the trainer's adapter_config.json;
     the LocalBackend hands the rest to ``PeftModel.from_pretrained``, which honours it. With

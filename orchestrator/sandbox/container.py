@@ -79,7 +79,9 @@ class SandboxLimits(BaseModel):
     pids: int = Field(128, ge=8)
     tmpfs_size: str = "64m"
     user: str = Field("10001:10001", pattern=_UIDGID)
-    judge_user: str = Field("10002:10002", pattern=_UIDGID)
+    # "auto": a fresh UID per container that no account or process on this host has (fresh_uid), so no
+    # host user can reach the judge through /proc/<pid>/root; a fixed "UID:GID" is honoured as given.
+    judge_user: str = Field("auto", pattern=f"^auto$|{_UIDGID}")
     call_timeout_s: float = Field(10, gt=0)
     shm_size: str = "1m"
     nofile: int = Field(1024, ge=64)
@@ -99,7 +101,7 @@ class SandboxLimits(BaseModel):
 
     @model_validator(mode="after")
     def _distinct_users(self) -> "SandboxLimits":
-        if self.user.split(":")[0] == self.judge_user.split(":")[0]:
+        if self.judge_user != "auto" and self.user.split(":")[0] == self.judge_user.split(":")[0]:
             raise ValueError("user and judge_user must be different UIDs (the judge is kept apart by its UID)")
         return self
 
@@ -470,20 +472,48 @@ def hardened(memory: str, pids: int, tmp: str, cpus: float = 0) -> dict:
 JUDGE_HOME = "/rsi-judge"  # runner/judge.py: the judge works only here
 
 
-def judge_tmpfs(limits: SandboxLimits) -> str:
+def fresh_uid() -> int:
+    """A UID that no account in the password database and no running process on this host has: a
+    process with a fixed UID (the judge's, the trainer's) can be reached by a host account with the same
+    UID through ``/proc/<pid>/root`` (its mounts, its private folders), whatever the folder modes say."""
+    import pwd
+
+    taken = {entry.pw_uid for entry in pwd.getpwall()}
+    for _ in range(64):
+        uid = 1_000_000_000 + secrets.randbelow(1_000_000_000)
+        if uid in taken:
+            continue
+        try:
+            if any(os.stat(f"/proc/{d}").st_uid == uid for d in os.listdir("/proc") if d.isdigit()):
+                continue
+        except OSError:
+            pass
+        return uid
+    raise InfraError("no free UID found for the judge or the trainer")
+
+
+def judge_user_for(limits: SandboxLimits) -> str:
+    """The judge's ``UID:GID`` for one container: a fresh one when ``judge_user`` is "auto" (the default)."""
+    if limits.judge_user != "auto":
+        return limits.judge_user
+    uid = fresh_uid()
+    return f"{uid}:{uid}"
+
+
+def judge_tmpfs(limits: SandboxLimits, judge_user: str) -> str:
     """The judge's own tmpfs: owned by the judge's UID, mode 0700, so the candidate's UID can neither
     enter nor plant anything in it (a ``conftest.py``, ``pytest.ini`` or ``__pycache__`` there, or in an
     ancestor, would be loaded by the judge's pytest). The judge checks this itself before it runs."""
-    uid, gid = limits.judge_user.split(":")
+    uid, gid = judge_user.split(":")
     return f"size={limits.tmpfs_size},mode=0700,uid={uid},gid={gid},noexec,nosuid,nodev"
 
 
-def container_settings(limits: SandboxLimits) -> dict:
+def container_settings(limits: SandboxLimits, judge_user: str | None = None) -> dict:
     """The settings every sandbox container gets: ``hardened`` plus the sandbox's own (the supervisor's
     capabilities, ulimits, private IPC, a fixed hostname, the runtime)."""
     base = hardened(limits.memory, limits.pids, f"size={limits.tmpfs_size},mode=1777,noexec,nosuid,nodev",
                     limits.cpus)
-    base["tmpfs"] = {**base["tmpfs"], JUDGE_HOME: judge_tmpfs(limits)}
+    base["tmpfs"] = {**base["tmpfs"], JUDGE_HOME: judge_tmpfs(limits, judge_user or judge_user_for(limits))}
     kwargs = dict(
         **base,
         shm_size=limits.shm_size,
@@ -505,8 +535,9 @@ def container_settings(limits: SandboxLimits) -> dict:
 
 def _create(client, limits: SandboxLimits, stage: str, nonce: str, timeout_s: float,
             canaries: dict | None = None, judge: dict[str, str] | None = None):
+    judge_ids = judge_user_for(limits)
     env = {"RSI_NONCE": nonce, "RSI_TIMEOUT": str(timeout_s), "RSI_OUTPUT_TAIL": str(limits.output_tail_bytes),
-           "RSI_USER": limits.user, "RSI_JUDGE_USER": limits.judge_user,
+           "RSI_USER": limits.user, "RSI_JUDGE_USER": judge_ids,
            "RSI_CALL_TIMEOUT": str(limits.call_timeout_s), "RSI_CANARIES": json.dumps(canaries or {})}
     if judge is not None:
         env.update(judge_environment(judge))
@@ -517,7 +548,7 @@ def _create(client, limits: SandboxLimits, stage: str, nonce: str, timeout_s: fl
         volumes={stage: {"bind": "/workspace", "mode": "ro"}},
         labels={LABEL: "1", LABEL_PID: str(os.getpid()), LABEL_HOST: socket.gethostname()},
         name=f"rsi-sandbox-{nonce[:16]}",  # known before create returns: an interrupted create is still found
-        **container_settings(limits),
+        **container_settings(limits, judge_ids),
     )
 
 

@@ -47,6 +47,7 @@ from orchestrator.sandbox.container import (
     check_runtime,
     connect,
     container_settings,
+    judge_user_for,
     remove_quietly,
     result_from_output,
     stage_canaries,
@@ -172,10 +173,11 @@ class DockerPool(Sandbox):
         name = f"rsi-pool-{nonce[:16]}"
         stage = tempfile.mkdtemp(prefix="rsi-pool-")
         os.chmod(stage, 0o755)
-        settings = container_settings(limits)
+        judge_ids = judge_user_for(limits)  # a fresh UID per container (judge_user "auto")
+        settings = container_settings(limits, judge_ids)
         settings["stdin_open"] = True  # PID 1 reads its one go message there; children get /dev/null
         env = {"RSI_POOL": "1", "RSI_NONCE": nonce, "RSI_OUTPUT_TAIL": str(limits.output_tail_bytes),
-               "RSI_USER": limits.user, "RSI_JUDGE_USER": limits.judge_user}
+               "RSI_USER": limits.user, "RSI_JUDGE_USER": judge_ids}
         self._names.add(name)
         self.made.append(name)
         container = None

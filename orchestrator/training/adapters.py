@@ -29,6 +29,30 @@ class AdapterRefused(RuntimeError):
     """An adapter that must not be served: a corrupted directory, or one the engine failed to serve."""
 
 
+# What a plain LoRA adapter (the trainer's) may say beyond rank, alpha and targets: anything else in
+# adapter_config.json changes what loading it does (PiSSA/OLoRA-style inits rewrite the base weights in
+# place under PEFT, modules_to_save replaces whole modules, DoRA, bias, layer replication, per-layer
+# patterns): refused, as vLLM 0.32 refuses most of them.
+PLAIN_INITS = (True, False, "gaussian")
+
+
+def config_features(config: dict) -> list[str]:
+    """The features of ``config`` a plain LoRA adapter never uses (empty: a plain one)."""
+    odd = []
+    if config.get("peft_type", "LORA") != "LORA":
+        odd.append(f"peft_type {config.get('peft_type')!r}")
+    if config.get("init_lora_weights", True) not in PLAIN_INITS:
+        odd.append(f"init_lora_weights {config.get('init_lora_weights')!r}")
+    for key in ("modules_to_save", "layer_replication", "rank_pattern", "alpha_pattern", "layers_to_transform"):
+        if config.get(key):
+            odd.append(key)
+    if config.get("use_dora"):
+        odd.append("use_dora")
+    if config.get("bias", "none") != "none":
+        odd.append(f"bias {config.get('bias')!r}")
+    return odd
+
+
 def check_adapter_dir(path: Path, max_rank: int | None = None) -> str:
     """Refuse a corrupted PEFT adapter directory before any engine sees it; returns the weights'
     SHA-256. Checks: adapter_config.json is JSON with a LoRA rank (within ``max_rank``) and target
@@ -45,6 +69,10 @@ def check_adapter_dir(path: Path, max_rank: int | None = None) -> str:
     rank = config.get("r") if isinstance(config, dict) else None
     if not isinstance(rank, int) or rank < 1 or not config.get("target_modules"):
         raise AdapterRefused(f"adapter {name}: adapter_config.json has no LoRA rank or target modules")
+    odd = config_features(config)
+    if odd:
+        raise AdapterRefused(f"adapter {name}: adapter_config.json asks for {odd[0]}, which a plain LoRA adapter "
+                             "never does (it could change the base model's weights when loaded): refused")
     if max_rank is not None and rank > max_rank:
         raise AdapterRefused(f"adapter {name}: LoRA rank {rank} exceeds the engine's maximum {max_rank}")
     weights = path / "adapter_model.safetensors"

@@ -32,6 +32,7 @@ from orchestrator.sandbox.container import (
     LABEL_PID,
     InfraError,
     connect,
+    fresh_uid,
     hardened,
     remove_quietly,
     wait_or_kill,
@@ -92,11 +93,11 @@ def gpu_available(client) -> bool:
 
 
 def container_kwargs(image: str, samples: Path, config_file: Path, model_dir: Path, output: Path,
-                     limits: TrainerLimits, gpu: bool) -> dict:
+                     limits: TrainerLimits, gpu: bool, uid: int = TRAINER_UID) -> dict:
     # /tmp keeps exec here: compilers of the training stack (triton, torch inductor) load what they build there
     kwargs = dict(
         **hardened(limits.memory, limits.pids, f"size={limits.tmpfs_size},mode=1777", limits.cpus),
-        image=image, detach=True, user=f"{TRAINER_UID}:{TRAINER_UID}",
+        image=image, detach=True, user=f"{uid}:{uid}",
         volumes={str(samples): {"bind": "/data/samples.jsonl", "mode": "ro"},
                  str(config_file): {"bind": "/data/config.json", "mode": "ro"},
                  str(model_dir): {"bind": "/model", "mode": "ro"},
@@ -148,12 +149,16 @@ def run_training(samples: Path, output: Path, config: TrainConfig, model_dir: Pa
     private = Path(tempfile.mkdtemp(prefix="rsi-train-out-"))
     trainer_out = private / "out"
     trainer_out.mkdir()
+    # The trainer runs as a fresh UID no host account or process has: with a fixed one (the image's
+    # 10001), a host account with that UID reaches its output through /proc/<pid>/root, parents or not.
+    uid = fresh_uid()
     if os.geteuid() == 0:
-        os.chown(trainer_out, TRAINER_UID, TRAINER_UID)
+        os.chown(trainer_out, uid, uid)
     else:
         os.chmod(trainer_out, 0o777)
     try:
-        return _train(client, image, samples, config_file, model_dir, trainer_out, output, limits, gpu, on_log, work)
+        return _train(client, image, samples, config_file, model_dir, trainer_out, output, limits, gpu, on_log, work,
+                      uid)
     finally:
         shutil.rmtree(private, ignore_errors=True)
 
@@ -203,14 +208,14 @@ def _copy_out(src: Path, dst: Path, max_bytes: int) -> None:
 
 
 def _train(client, image, samples, config_file, model_dir, trainer_out: Path, output: Path, limits, gpu, on_log,
-           work) -> dict:
+           work, uid: int) -> dict:
     container = None
     tail = None
     timed_out = False
     start = time.monotonic()
     try:
         container = client.containers.create(**container_kwargs(image, samples, config_file, model_dir,
-                                                                trainer_out, limits, gpu))
+                                                                trainer_out, limits, gpu, uid))
         tail = _Tail(container.attach(stdout=True, stderr=True, stream=True, logs=False), limits.log_lines)
         tail.start()
         container.start()
