@@ -123,15 +123,15 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order within a file kept
 
 
-def as_user(uid: int, fn):
-    """``fn()`` in a forked child running as ``uid`` (no groups; the tests that switch users need root);
-    its JSON-able result, or the repr of what it raised."""
+def as_user(uid: int, fn, groups: tuple = ()):
+    """``fn()`` in a forked child running as ``uid`` (with only ``groups`` as supplementary groups; the
+    tests that switch users need root); its JSON-able result, or the repr of what it raised."""
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: never returns into pytest
         try:
             os.close(read)
-            os.setgroups([])
+            os.setgroups(list(groups))
             os.setgid(uid)
             os.setuid(uid)
             assert os.getresuid() == (uid, uid, uid)  # not os.geteuid: a test may patch it

@@ -621,26 +621,7 @@ def test_a_trainer_output_cannot_break_the_registry_for_good(open_tmp):
 def as_group_member(uid: int, gid: int, fn):
     """``fn()`` as ``uid`` with ``gid`` as a supplementary group (another user who shares the run owner's
     group), in a forked child; its JSON-able result."""
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(read)
-            os.setgroups([gid])
-            os.setgid(uid)
-            os.setuid(uid)
-            result = fn()
-        except BaseException as exc:  # noqa: BLE001
-            result = {"raised": repr(exc)}
-        os.write(write, json.dumps(result).encode())
-        os._exit(0)
-    os.close(write)
-    data = b""
-    while chunk := os.read(read, 1 << 16):
-        data += chunk
-    os.close(read)
-    os.waitpid(pid, 0)
-    return json.loads(data)
+    return as_user(uid, fn, groups=(gid,))
 
 
 def two_adapters_under_umask(root: Path, umask: int):
