@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install images embedded-model demo-model test test-fast bench run clean docker-check test-deps corpus trainer-wheels trainer-gpu-image vllm vllm-optional vllm-gpu
+.PHONY: install images embedded-model demo-model test test-fast bench run clean docker-check test-deps corpus trainer-wheels trainer-gpu-image vllm vllm-optional vllm-gpu test-times
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -100,11 +100,16 @@ $(CORPUS_STAMP): tests/corpus/sdists.txt
 
 corpus: $(CORPUS_STAMP)
 
-# Two pytest workers (pytest-xdist), one test file each at a time, the longest files first
-# (tests/conftest.py HEAVY_FIRST): most tests wait on Docker or a server, so two overlap well on 2 cores.
+# Two pytest workers (pytest-xdist), one test file each at a time (the tests on the vLLM server together,
+# one server), the longest first by tests/unit_seconds.json (tests/conftest.py): most tests wait on
+# Docker or a server, so two overlap well on 2 cores; torch threads are split between the workers.
+# The JUnit report (build/test-report.xml) feeds `make test-times`, which refreshes unit_seconds.json.
 TEST_WORKERS ?= 2
 test: images test-deps corpus
-	$(call PYTEST_RUN,-n $(TEST_WORKERS) --dist loadfile)
+	$(call PYTEST_RUN,-n $(TEST_WORKERS) --dist loadfile --junitxml=build/test-report.xml)
+
+test-times:
+	$(BIN)/python tests/unit_seconds.py
 
 # No Docker, no real engine or model run (`slow`: the vLLM server, lm-eval on a real model, a 10 MB
 # whole run): the unit and logic tests, a few minutes. `make test` runs everything.

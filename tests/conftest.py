@@ -10,6 +10,14 @@ import pytest
 os.environ.setdefault("RSI_EMBEDDED_MODEL", "smollm2-135m")
 # ... and on the CPU path even on a GPU workstation (`make test` never needs a GPU; orchestrator/models/gpu.py)
 os.environ.setdefault("RSI_GPU", "off")
+# With several pytest-xdist workers on few cores, each worker's torch (the embedded model, the trainer
+# container, `rsi eval` subprocesses) gets its share of the cores: OpenMP threads beyond the cores spin
+# against each other (measured on 2 cores: one local generation 40 s alone, 160 s beside another with
+# 2 threads each, 43 s with 1 thread each). Set before torch is imported; the vLLM server is left to
+# bind its own threads (the vllm_engine fixture starts it without this).
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
 
 
 @pytest.fixture(scope="session")
@@ -91,7 +99,12 @@ def vllm_engine():
         engine.api_key = os.environ.get("RSI_VLLM_API_KEY")  # the key `rsi serve` printed
         yield engine
         return
-    engine = Engine(EngineSpec(ensure_converted())).start(say=print)
+    pinned = os.environ.pop("OMP_NUM_THREADS", None)  # vLLM binds its own OpenMP threads to the cores
+    try:
+        engine = Engine(EngineSpec(ensure_converted())).start(say=print)
+    finally:
+        if pinned is not None:
+            os.environ["OMP_NUM_THREADS"] = pinned
     yield engine
     engine.stop()
 
@@ -110,17 +123,55 @@ def _mark_slow(items) -> None:
             item.add_marker(pytest.mark.slow)
 
 
-# The longest test files first (measured: `make test` prints the slowest tests), so that with several
-# workers (pytest-xdist, one file per worker at a time) no long file starts last and runs alone.
-HEAVY_FIRST = ("test_rounds.py", "test_e2e_local.py", "test_repo_tasks.py", "test_vllm_backend.py",
-               "test_corpus.py", "test_training_hook.py", "test_judge.py", "test_humaneval_eval.py",
-               "test_lm_eval.py", "test_trainer.py", "test_sandbox_hostile.py", "test_loop.py")
+# Scheduling under pytest-xdist (`make test`: two workers, `--dist loadfile`). A work unit is a test file,
+# except that every test on the session's vLLM server is one unit (`vllm`), so that one worker starts
+# one server rather than each worker its own. Units go out longest first (LPT: no long unit starts last
+# and runs alone), by the seconds measured per unit in a whole `make test` (`make test-times` rewrites
+# tests/unit_seconds.json). xdist's own reordering (by number of tests) is turned off.
+VLLM_UNIT = "vllm"
+VLLM_FILES = {"test_vllm_backend.py", "test_openai_backend.py"}
+VLLM_TESTS = {"tests/test_rounds.py::test_two_rounds_against_the_real_vllm_engine",
+              "tests/test_redteam_engine_trainer.py::test_raw_http_tricks_as_nobody_reach_nothing"}
+UNIT_SECONDS_FILE = Path(__file__).with_name("unit_seconds.json")
+
+
+def work_unit(nodeid: str) -> str:
+    """The scheduling unit of a test: its file, or ``vllm``."""
+    file = nodeid.split("::", 1)[0]
+    if file.rsplit("/", 1)[-1] in VLLM_FILES or nodeid.split("[", 1)[0] in VLLM_TESTS:
+        return VLLM_UNIT
+    return file
+
+
+def _unit_seconds() -> dict:
+    try:
+        return json.loads(UNIT_SECONDS_FILE.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def pytest_xdist_make_scheduler(config, log):
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class UnitScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            return work_unit(nodeid)
+
+    config.option.loadscopereorder = False  # keep the order pytest_collection_modifyitems set
+    return UnitScheduling(config, log)
 
 
 def pytest_collection_modifyitems(config, items):
     _mark_slow(items)
-    rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order within a file kept
+    for item in items:
+        if "vllm_engine" in getattr(item, "fixturenames", ()) and work_unit(item.nodeid) != VLLM_UNIT:
+            raise pytest.UsageError(f"{item.nodeid} uses the vLLM server: add it to VLLM_TESTS in tests/conftest.py "
+                                    "(one worker, one server)")
+        item.user_properties.append(("work_unit", work_unit(item.nodeid)))
+    seconds = _unit_seconds()
+    items.sort(key=lambda item: (-seconds.get(work_unit(item.nodeid), 1.0), work_unit(item.nodeid)))  # stable
 
 
 def as_user(uid: int, fn, groups: tuple = ()):

@@ -504,3 +504,23 @@ def test_environment_overrides_enabled(monkeypatch):
     monkeypatch.setenv("RSI_GPU", "yes")
     with pytest.raises(GpuProfileError, match="auto, on or off"):
         gpu.resolve(None, GpuSection(), connect=lambda: FakeClient(PLAIN))
+
+
+def test_trainer_threads_follow_the_cap_or_the_host_share(tmp_path, monkeypatch):
+    """More OpenMP threads than free cores spin against each other (a burst beside another torch
+    process on 2 cores ran 5x slower): the trainer takes its explicit thread count, else its CPU cap,
+    else the host's OMP_NUM_THREADS, else torch's default (nothing set)."""
+    from orchestrator.training.launcher import TrainerLimits, container_kwargs
+
+    def env(limits):
+        return container_kwargs("rsi-trainer:cpu", tmp_path / "s.jsonl", tmp_path / "c.json", tmp_path / "m",
+                                tmp_path / "o", limits, gpu=False)["environment"]
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert "OMP_NUM_THREADS" not in env(TrainerLimits())
+    assert env(TrainerLimits(cpus=1.5))["OMP_NUM_THREADS"] == "2"
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert env(TrainerLimits())["OMP_NUM_THREADS"] == "1" == env(TrainerLimits())["MKL_NUM_THREADS"]
+    assert env(TrainerLimits(threads=3, cpus=1))["OMP_NUM_THREADS"] == "3"
+    monkeypatch.setenv("OMP_NUM_THREADS", "lots")
+    assert "OMP_NUM_THREADS" not in env(TrainerLimits())

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import socket
@@ -57,6 +58,9 @@ class TrainerLimits(BaseModel):
     image_gpu: str = "rsi-trainer:gpu"
     memory: str = "12g"
     cpus: float = Field(0, ge=0)  # 0: no CPU cap
+    # OpenMP threads of the trainer; 0: the CPU cap rounded up if there is one, else the host's
+    # OMP_NUM_THREADS if set, else torch's default (every core the container sees)
+    threads: int = Field(0, ge=0)
     pids: int = 1024
     tmpfs_size: str = "4g"
     timeout_s: float = 3600
@@ -92,6 +96,17 @@ def gpu_available(client) -> bool:
     return "nvidia" in (client.info().get("Runtimes") or {})
 
 
+def trainer_threads(limits: TrainerLimits) -> int:
+    """OpenMP threads for the trainer container (0: torch's default). More threads than free cores spin
+    against each other: a host that shares its cores (``OMP_NUM_THREADS``) shares them with the trainer."""
+    if limits.threads:
+        return limits.threads
+    if limits.cpus:
+        return math.ceil(limits.cpus)
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    return int(env) if env.isdigit() and int(env) > 0 else 0
+
+
 def container_kwargs(image: str, samples: Path, config_file: Path, model_dir: Path, output: Path,
                      limits: TrainerLimits, gpu: bool, uid: int = TRAINER_UID) -> dict:
     # /tmp keeps exec here: compilers of the training stack (triton, torch inductor) load what they build there
@@ -107,6 +122,8 @@ def container_kwargs(image: str, samples: Path, config_file: Path, model_dir: Pa
         labels={LABEL: "trainer", LABEL_PID: str(os.getpid()), LABEL_HOST: socket.gethostname()},
         environment={"PYTHONUNBUFFERED": "1"},
     )
+    if threads := trainer_threads(limits):
+        kwargs["environment"].update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     if gpu:
         kwargs["device_requests"] = [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]
         # the Debian-based GPU image has no CUDA base to set these: the NVIDIA toolkit reads them to mount
